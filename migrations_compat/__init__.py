@@ -1,0 +1,1 @@
+"""Sequelize compatibility: config and `.sequelizerc` loading, and the node bridge."""

@@ -1,0 +1,77 @@
+"""The one root error type and its exit codes.
+
+Every failure that should reach the user is a :class:`MigrunnerError`. Library code raises;
+only the CLI turns an error into a one-line message and a process exit code (alembic's
+``CommandError`` pattern), so no helper ever calls ``sys.exit``.
+
+Exit codes (documented in the README):
+
+====  ======================================================================
+0     success
+1     a migration failed (SQL or JS error); that migration was rolled back
+2     usage, configuration or migration-source error (bad input, nothing ran)
+3     ``status --exit-code``: migrations are pending
+4     lock timeout: another runner held the migration lock too long
+5     database unreachable, or the connection was lost mid-run
+6     drift: an applied migration's file is missing or was edited
+====  ======================================================================
+"""
+
+from __future__ import annotations
+
+
+class MigrunnerError(Exception):
+    """Root of every error migrunner reports. ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else self.__class__.__name__
+
+
+class MigrationFailed(MigrunnerError):
+    """A migration's statement or code failed; its transaction was rolled back."""
+
+    exit_code = 1
+
+
+class ConfigError(MigrunnerError):
+    """Bad options, environment, config file or `.sequelizerc`."""
+
+    exit_code = 2
+
+
+class SourceError(MigrunnerError):
+    """The migrations folder or a migration file is unusable (caught before anything runs)."""
+
+    exit_code = 2
+
+
+class PendingMigrations(MigrunnerError):
+    """Raised by ``status --exit-code`` when migrations are pending (readiness gates)."""
+
+    exit_code = 3
+
+
+class LockTimeout(MigrunnerError):
+    """Another runner held the migration lock for longer than ``--lock-timeout``."""
+
+    exit_code = 4
+
+
+class DatabaseUnavailable(MigrunnerError):
+    """The database cannot be reached, or the connection was lost during the run."""
+
+    exit_code = 5
+
+
+class DriftError(MigrunnerError):
+    """Applied migrations whose files are missing or were edited since they ran."""
+
+    exit_code = 6
