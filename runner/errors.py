@@ -36,9 +36,19 @@ class MigrunnerError(Exception):
 
 
 class MigrationFailed(MigrunnerError):
-    """A migration's statement or code failed; its transaction was rolled back."""
+    """A migration's statement or code failed; its transaction was rolled back.
+
+    ``sqlstate`` is the PostgreSQL error code when a statement failed: the migrator retries on
+    55P03/40P01 and re-runs outside a transaction on 25001/55P04.
+    """
 
     exit_code = 1
+
+    def __init__(
+        self, message: str, *, sqlstate: str | None = None, exit_code: int | None = None
+    ) -> None:
+        super().__init__(message, exit_code=exit_code)
+        self.sqlstate = sqlstate
 
 
 class ConfigError(MigrunnerError):

@@ -1,0 +1,74 @@
+"""Where the tests find a real PostgreSQL, and per-test scratch databases.
+
+Order (DESIGN.md): ``MIGRUNNER_TEST_DATABASE_URL``; else testcontainers when a Docker engine
+answers; else the local server at ``postgresql://postgres@127.0.0.1:5432/postgres``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+
+LOCAL_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def docker_answers() -> bool:
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        client = docker.from_env(timeout=2)
+        client.ping()
+        return True
+    except Exception:
+        return False
+
+
+def with_database(url: str, dbname: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + dbname))
+
+
+@contextmanager
+def server_url() -> Iterator[str]:
+    explicit = os.environ.get("MIGRUNNER_TEST_DATABASE_URL")
+    if explicit:
+        yield explicit
+        return
+    if docker_answers():
+        from testcontainers.postgres import PostgresContainer  # type: ignore[import-untyped]
+
+        with PostgresContainer("postgres:15", driver=None) as pg:
+            yield pg.get_connection_url()
+        return
+    yield LOCAL_URL
+
+
+def create_database(server: str, prefix: str = "mrt") -> str:
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return with_database(server, name)
+
+
+def drop_database(server: str, url: str) -> None:
+    name = urlsplit(url).path.lstrip("/")
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def url_parts(url: str) -> dict[str, str]:
+    """DB_* variables as the Kubernetes Job passes them, for the same database."""
+    p = urlsplit(url)
+    return {
+        "DB_HOST": p.hostname or "127.0.0.1",
+        "DB_PORT": str(p.port or 5432),
+        "DB_NAME": p.path.lstrip("/"),
+        "DB_USER": p.username or "postgres",
+        "DB_PASSWORD": p.password or "",
+    }
