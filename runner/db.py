@@ -1,0 +1,106 @@
+"""Connections: opening them with the runner's identity, waiting for the server, and turning
+driver errors into migrunner errors without leaking credentials.
+
+Connections are autocommit: the migrator writes ``BEGIN``/``COMMIT`` itself, so transactional
+and non-transactional migrations use the same connection in the same way (yoyo's lesson:
+explicit transaction control, savepoints where needed).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from runner.errors import ConfigError, DatabaseUnavailable, MigrunnerError
+from runner.settings import Settings, redact
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from runner.log import Log
+
+# SQLSTATE classes that mean "the connection is gone": retrying the statement cannot help.
+CONNECTION_LOST = ("08", "57P01", "57P02", "57P03")
+FATAL_AT_CONNECT = ("28", "3D000")  # bad credentials, no such database: waiting won't fix it
+
+
+def connection_error(exc: Exception, settings: Settings) -> MigrunnerError:
+    """Map a connect-time failure to an error with a clean one-line message."""
+    raw = str(exc).strip().splitlines()
+    detail = raw[-1] if raw else type(exc).__name__
+    for line in raw:
+        if "FATAL" in line or "failed" in line:
+            detail = line
+            break
+    detail = redact(detail, settings.password)
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    text = f"cannot connect to {settings.target}: {detail}"
+    if sqlstate.startswith("28") or "password authentication failed" in detail:
+        return ConfigError(text + " (check DB_USER/DB_PASSWORD)")
+    if sqlstate == "3D000" or "does not exist" in detail:
+        return ConfigError(text)
+    return DatabaseUnavailable(text)
+
+
+def connect(settings: Settings, purpose: str = "") -> psycopg.Connection:
+    import psycopg
+
+    kwargs: dict[str, str] = dict(settings.conninfo)
+    name = settings.identity.application_name()
+    if purpose:
+        name = (name + " " + purpose).encode()[:63].decode("utf-8", "ignore")
+    kwargs["application_name"] = name
+    try:
+        return psycopg.connect(autocommit=True, **kwargs)  # type: ignore[arg-type]
+    except psycopg.Error as exc:
+        raise connection_error(exc, settings) from None
+
+
+def wait_until_ready(settings: Settings, log: Log, timeout: float) -> psycopg.Connection:
+    """Connect, retrying while the server is starting or unreachable, for up to ``timeout``.
+
+    Authentication failures and a missing database end the wait at once: time won't fix them.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.1
+    announced = False
+    while True:
+        try:
+            return connect(settings)
+        except DatabaseUnavailable as err:
+            if time.monotonic() + delay > deadline:
+                raise DatabaseUnavailable(
+                    f"{err.message} (gave up after waiting {timeout:g}s)"
+                ) from None
+            if not announced:
+                log.info(f"waiting for the database at {settings.target}: {err.message}")
+                announced = True
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def is_connection_lost(exc: BaseException) -> bool:
+    import psycopg
+
+    if isinstance(exc, psycopg.OperationalError):
+        state = getattr(exc, "sqlstate", None)
+        return state is None or state.startswith(CONNECTION_LOST)
+    return False
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def qualified(schema: str | None, table: str) -> str:
+    return f"{quote_ident(schema)}.{quote_ident(table)}" if schema else quote_ident(table)
+
+
+def regclass_literal(schema: str | None, table: str) -> str:
+    """Text for ``to_regclass(%s)``: the quoted, optionally schema-qualified name."""
+    return qualified(schema, table)
+
+
+def conninfo_summary(conninfo: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in conninfo.items() if k not in ("password", "sslpassword")}

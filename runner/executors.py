@@ -1,0 +1,208 @@
+"""Executors run one migration's code on the runner's connection (golang-migrate's narrow
+driver idea): :class:`SqlExecutor` natively, :class:`JsExecutor` through the node bridge.
+
+The migrator owns the transaction (``BEGIN``/``COMMIT`` on an autocommit connection); an
+executor only runs statements and reports a failure as :class:`MigrationFailed` carrying the
+SQLSTATE, so the migrator can decide to retry (55P03, 40P01) or re-run outside a transaction
+(25001, 55P04).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from runner.db import is_connection_lost
+from runner.errors import DatabaseUnavailable, MigrationFailed, SourceError
+from runner.sqlfile import Section, SqlMigration, Statement, error_line, parse_sql_migration
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from runner.log import Log
+    from runner.settings import Settings
+    from runner.source import Migration
+
+TXN_CONTROL = re.compile(
+    r"^\s*(BEGIN|START\s+TRANSACTION|COMMIT|END|ROLLBACK|ABORT)\b(?!\s+ATOMIC)", re.IGNORECASE
+)
+
+
+@dataclass
+class RunResult:
+    """What an executor ran: (label, sql) pairs, for the dry-run plan and the log."""
+
+    statements: list[tuple[str, str]] = field(default_factory=list)
+
+
+class Executor(Protocol):
+    def declared_transactional(self, mig: Migration, direction: str) -> bool | None: ...
+
+    def run(
+        self,
+        mig: Migration,
+        direction: str,
+        conn: psycopg.Connection,
+        *,
+        transactional: bool,
+        dry_run: bool,
+    ) -> RunResult: ...
+
+    def close(self) -> None: ...
+
+
+def one_line(sql: str, limit: int = 160) -> str:
+    text = " ".join(sql.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def statement_error(
+    mig: Migration, direction: str, stmt: Statement, exc: Exception
+) -> MigrationFailed | DatabaseUnavailable:
+    if is_connection_lost(exc):
+        return DatabaseUnavailable(
+            f"connection lost while running {mig.name} ({direction}) at {mig.path}:{stmt.line}: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+        )
+    diag = getattr(exc, "diag", None)
+    state = getattr(exc, "sqlstate", None)
+    primary = (getattr(diag, "message_primary", None) or str(exc)).strip().splitlines()[0]
+    pos = getattr(diag, "statement_position", None)
+    line = error_line(stmt, int(pos) if pos else None)
+    return MigrationFailed(
+        f"migration {mig.name} failed ({direction}) at {mig.path}:{line}: {primary}"
+        f"{f' [SQLSTATE {state}]' if state else ''} in statement: {one_line(stmt.sql)}",
+        sqlstate=state,
+    )
+
+
+class SqlExecutor:
+    """Runs ``.sql`` migrations statement by statement (for exact error lines)."""
+
+    def __init__(self) -> None:
+        self.parsed: dict[Path, SqlMigration] = {}
+
+    def parse(self, mig: Migration) -> SqlMigration:
+        if mig.path not in self.parsed:
+            self.parsed[mig.path] = parse_sql_migration(mig.path)
+        return self.parsed[mig.path]
+
+    def section(self, mig: Migration, direction: str) -> Section:
+        parsed = self.parse(mig)
+        if direction == "up":
+            return parsed.up
+        if parsed.down is None:
+            raise MigrationFailed(
+                f"migration {mig.name} has no '-- migrate:down' section: it cannot be reverted"
+            )
+        return parsed.down
+
+    def validate(self, mig: Migration, direction: str) -> None:
+        """Parse before anything runs; refuse transaction control inside a transaction."""
+        section = self.section(mig, direction)
+        if section.transactional:
+            for stmt in section.statements:
+                if TXN_CONTROL.match(stmt.sql):
+                    raise SourceError(
+                        f"{mig.path}:{stmt.line}: {one_line(stmt.sql, 40)!r} inside a "
+                        "transactional migration; migrunner already wraps each migration in a "
+                        "transaction (use '-- migrate:"
+                        f"{direction} transaction:false' to manage transactions yourself)"
+                    )
+
+    def declared_transactional(self, mig: Migration, direction: str) -> bool | None:
+        return self.section(mig, direction).transactional
+
+    def run(
+        self,
+        mig: Migration,
+        direction: str,
+        conn: psycopg.Connection,
+        *,
+        transactional: bool,
+        dry_run: bool,
+    ) -> RunResult:
+        import psycopg
+
+        section = self.section(mig, direction)
+        result = RunResult()
+        for stmt in section.statements:
+            if dry_run and not section.transactional:
+                result.statements.append(("non-transactional (not executed in dry run)", stmt.sql))
+                continue
+            result.statements.append(("statement", stmt.sql))
+            try:
+                conn.execute(stmt.sql.encode())
+            except psycopg.Error as exc:
+                raise statement_error(mig, direction, stmt, exc) from None
+        return result
+
+    def close(self) -> None:
+        pass
+
+
+class JsExecutor:
+    """Runs JS migrations through one node process, started on first use (none for no-ops)."""
+
+    def __init__(self, settings: Settings, log: Log) -> None:
+        self.settings = settings
+        self.log = log
+        self.bridge: Any = None
+
+    def get_bridge(self) -> Any:
+        if self.bridge is None:
+            from migrations_compat.bridge import BridgeOptions, NodeBridge
+
+            self.bridge = NodeBridge(
+                BridgeOptions(
+                    search_dirs=self.settings.search_dirs,
+                    sequelize_options=dict(self.settings.sequelize_options),
+                ),
+                self.log,
+            )
+        return self.bridge
+
+    def declared_transactional(self, mig: Migration, direction: str) -> bool | None:
+        if mig.name in self.settings.non_transactional:
+            return False
+        wants = self.get_bridge().wants_transaction(mig.path)
+        return None if wants is None else bool(wants)
+
+    def run(
+        self,
+        mig: Migration,
+        direction: str,
+        conn: psycopg.Connection,
+        *,
+        transactional: bool,
+        dry_run: bool,
+    ) -> RunResult:
+        out = self.get_bridge().run(
+            mig.path, direction, conn, transactional=transactional, dry_run=dry_run
+        )
+        result = RunResult()
+        for st in out.statements:
+            result.statements.append((str(st.label), str(st.sql)))
+        return result
+
+    def close(self) -> None:
+        if self.bridge is not None:
+            self.bridge.close()
+            self.bridge = None
+
+
+class Executors:
+    """Picks the executor for a migration's kind; owns their lifetimes."""
+
+    def __init__(self, settings: Settings, log: Log) -> None:
+        self.sql = SqlExecutor()
+        self.js = JsExecutor(settings, log)
+
+    def for_(self, mig: Migration) -> SqlExecutor | JsExecutor:
+        return self.sql if mig.kind == "sql" else self.js
+
+    def close(self) -> None:
+        self.sql.close()
+        self.js.close()

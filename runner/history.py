@@ -1,0 +1,155 @@
+"""migrunner's own history table: who applied or reverted what, when, how, with what outcome.
+
+One row per attempt that ended (applied, reverted, failed). Success rows are written inside the
+migration's own transaction, so a row exists exactly when the change committed; failure rows
+are written after the rollback, in their own transaction. The table lives next to
+SequelizeMeta (same schema) and is keyed by the SequelizeMeta it belongs to, so two apps
+sharing a database keep separate histories. sequelize-cli never sees it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from runner.db import qualified
+from runner.settings import Identity
+
+if TYPE_CHECKING:
+    import psycopg
+
+HISTORY_TABLE = "migrunner_history"
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    direction: str  # up | down
+    outcome: str  # applied | reverted | failed
+    checksum: str | None
+    transactional: bool
+    started_at: datetime
+    duration_ms: float
+    attempts: int = 1
+    note: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class HistoryTable:
+    storage: str  # the SequelizeMeta this history belongs to, as a quoted qualified name
+    schema: str | None = None
+
+    @property
+    def ref(self) -> str:
+        return qualified(self.schema, HISTORY_TABLE)
+
+    def create_sql(self) -> str:
+        return f"""CREATE TABLE IF NOT EXISTS {self.ref} (
+    id bigserial PRIMARY KEY,
+    storage_table text NOT NULL,
+    name varchar(255) NOT NULL,
+    direction text NOT NULL CHECK (direction IN ('up', 'down')),
+    outcome text NOT NULL CHECK (outcome IN ('applied', 'reverted', 'failed')),
+    checksum text,
+    transactional boolean NOT NULL,
+    attempts integer NOT NULL DEFAULT 1,
+    note text,
+    error text,
+    started_at timestamptz NOT NULL,
+    finished_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    duration_ms double precision NOT NULL,
+    runner_host text,
+    runner_pod text,
+    runner_version text
+)"""
+
+    def ensure(self, conn: psycopg.Connection) -> None:
+        conn.execute(self.create_sql())
+
+    def exists(self, conn: psycopg.Connection) -> bool:
+        row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (self.ref,)).fetchone()
+        return bool(row and row[0])
+
+    def record(self, conn: psycopg.Connection, entry: Entry, who: Identity) -> None:
+        conn.execute(
+            f"INSERT INTO {self.ref} (storage_table, name, direction, outcome, checksum, "
+            "transactional, attempts, note, error, started_at, duration_ms, runner_host, "
+            "runner_pod, runner_version) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                self.storage,
+                entry.name,
+                entry.direction,
+                entry.outcome,
+                entry.checksum,
+                entry.transactional,
+                entry.attempts,
+                entry.note,
+                entry.error,
+                entry.started_at,
+                entry.duration_ms,
+                who.host,
+                who.where if who.pod else None,
+                who.version,
+            ),
+        )
+
+    def applied_checksums(self, conn: psycopg.Connection) -> dict[str, str]:
+        """name → checksum of the latest successful ``up`` (for drift detection)."""
+        rows = conn.execute(
+            f"SELECT DISTINCT ON (name) name, checksum FROM {self.ref} "
+            "WHERE storage_table = %s AND direction = 'up' AND outcome = 'applied' "
+            "ORDER BY name, id DESC",
+            (self.storage,),
+        )
+        return {r[0]: r[1] for r in rows if r[1]}
+
+    def recent(self, conn: psycopg.Connection, limit: int) -> list[Mapping[str, Any]]:
+        """Latest rows first, for ``migrunner history``; built with SQLAlchemy Core, the
+        project's query builder for the reporting paths (kept off the hot migrate path for
+        its import cost)."""
+        import sqlalchemy as sa
+        from sqlalchemy.dialects import postgresql
+
+        md = sa.MetaData()
+        t = sa.Table(
+            HISTORY_TABLE,
+            md,
+            *(
+                sa.Column(c)
+                for c in (
+                    "id",
+                    "storage_table",
+                    "name",
+                    "direction",
+                    "outcome",
+                    "checksum",
+                    "transactional",
+                    "attempts",
+                    "note",
+                    "error",
+                    "started_at",
+                    "finished_at",
+                    "duration_ms",
+                    "runner_host",
+                    "runner_pod",
+                    "runner_version",
+                )
+            ),
+            schema=self.schema,
+        )
+        query = (
+            sa.select(t)
+            .where(t.c.storage_table == sa.bindparam("storage"))
+            .order_by(t.c.id.desc())
+            .limit(sa.bindparam("limit"))
+        )
+        compiled = query.compile(
+            dialect=postgresql.psycopg.dialect(),  # type: ignore[no-untyped-call]
+        )
+        cur = conn.execute(str(compiled), {"storage": self.storage, "limit": limit})
+        cols = [d.name for d in cur.description or ()]
+        return [dict(zip(cols, row, strict=True)) for row in cur]

@@ -1,0 +1,428 @@
+"""The orchestrator: read state, plan, take the lock, run each migration in its transaction.
+
+Thin by design (golang-migrate): the source, planning, storage, history, lock and executors
+each live in their own module; this one only sequences them.
+
+Guarantees:
+
+* each migration, its SequelizeMeta row and its history row commit in ONE transaction;
+* a failure rolls that migration back entirely, records a ``failed`` history row, and stops;
+* a run with nothing pending reads SequelizeMeta once and returns without the lock or node
+  (every pod start is such a run); the state is read again under the lock before anything runs;
+* DDL waits at most ``statement_lock_timeout`` for a table lock; on 55P03 / 40P01 the
+  migration is rolled back and retried with backoff, ``retries`` times;
+* a transactional migration failing with 25001 (cannot run inside a transaction block) or
+  55P04 (unsafe use of a new enum value) that did not declare its mode is rolled back and re-run
+  outside a transaction, with a warning in the log and a note in the history;
+* in a run of several migrations, all commits but the last use ``synchronous_commit = off``:
+  each stays atomic, and the last, synchronous commit makes all of them durable at once (a
+  server crash mid-run loses whole migrations together with their rows, never half of one).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, TypeVar
+
+from runner.db import connect, is_connection_lost, wait_until_ready
+from runner.errors import DatabaseUnavailable, DriftError, MigrationFailed, MigrunnerError
+from runner.executors import Executors, RunResult
+from runner.history import Entry, HistoryTable
+from runner.lock import MigrationLock
+from runner.plan import Drift, Plan, drift, pending, plan_down, plan_up
+from runner.source import Migration, Source, discover
+from runner.storage import MetaTable
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from runner.log import Log
+    from runner.settings import Settings
+
+RETRYABLE = {"55P03": "lock not available", "40P01": "deadlock detected"}
+NEEDS_AUTOCOMMIT = {
+    "25001": "cannot run inside a transaction block",
+    "55P04": "new enum value used in the transaction that added it",
+}
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class State:
+    applied: tuple[str, ...]
+    checksums: dict[str, str]
+    meta_exists: bool
+
+
+@dataclass
+class StatusReport:
+    source: Source
+    state: State
+    drift: Drift
+
+    @property
+    def pending(self) -> list[Migration]:
+        return pending(self.source.migrations, self.state.applied)
+
+    def rows(self) -> list[dict[str, str]]:
+        applied = set(self.state.applied)
+        rows = []
+        for m in self.source.migrations:
+            state = "up" if m.name in applied else "down"
+            row = {"name": m.name, "state": state, "kind": m.kind}
+            if m.name in self.drift.changed:
+                row["flag"] = "changed"
+            rows.append(row)
+        for name in self.drift.missing:
+            rows.append({"name": name, "state": "up", "kind": "?", "flag": "missing"})
+        return rows
+
+
+@dataclass
+class RunReport:
+    plan: Plan
+    done: list[str] = field(default_factory=list)
+    dry_run: list[tuple[Migration, bool, RunResult]] = field(default_factory=list)
+
+
+class Migrator:
+    def __init__(self, settings: Settings, log: Log) -> None:
+        self.settings = settings
+        self.log = log
+        self.meta = MetaTable(settings.table, settings.schema, settings.timestamps)
+        self.history = HistoryTable(self.meta.ref, settings.schema)
+
+    # ---- reading ---------------------------------------------------------------------------
+
+    def source(self) -> Source:
+        src = discover(self.settings.migrations_path)
+        for name in src.ignored:
+            self.log.warn(f"ignoring {src.folder / name}: not a .js/.cjs/.ts/.cts/.sql migration")
+        return src
+
+    def read_state(self, conn: psycopg.Connection) -> State:
+        row = conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL",
+            (self.meta.ref, self.history.ref),
+        ).fetchone()
+        meta_exists, history_exists = bool(row and row[0]), bool(row and row[1])
+        applied = tuple(self.meta.applied(conn)) if meta_exists else ()
+        checksums = self.history.applied_checksums(conn) if history_exists and applied else {}
+        return State(applied, checksums, meta_exists)
+
+    @contextmanager
+    def connection(self, wait: bool = False) -> Iterator[psycopg.Connection]:
+        conn = (
+            wait_until_ready(self.settings, self.log, self.settings.wait_timeout)
+            if wait
+            else connect(self.settings)
+        )
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def status(self, wait: bool = False) -> StatusReport:
+        src = self.source()
+        with self.connection(wait) as conn:
+            state = guarded(lambda: self.read_state(conn))
+        return StatusReport(src, state, drift(src.migrations, state.applied, state.checksums))
+
+    # ---- running ---------------------------------------------------------------------------
+
+    def up(self, to: str | None = None, dry_run: bool = False, wait: bool = False) -> RunReport:
+        src = self.source()
+        if not src.migrations:
+            raise_empty(src)
+        with self.connection(wait) as conn:
+            state = guarded(lambda: self.read_state(conn))
+            plan = plan_up(src.migrations, state.applied, to)
+            self.check_drift(src, state)
+            if not plan:
+                return RunReport(plan)  # nothing pending: no lock, no node
+            with MigrationLock(self.settings, self.log):
+                state = guarded(lambda: self.read_state(conn))
+                self.check_drift(src, state)
+                plan = plan_up(src.migrations, state.applied, to)
+                return self.execute(conn, plan, dry_run)
+
+    def down(
+        self,
+        *,
+        step: int | None = None,
+        to: str | None = None,
+        all: bool = False,
+        name: str | None = None,
+        dry_run: bool = False,
+        wait: bool = False,
+    ) -> RunReport:
+        src = self.source()
+        with self.connection(wait) as conn, MigrationLock(self.settings, self.log):
+            state = guarded(lambda: self.read_state(conn))
+            plan = plan_down(src.migrations, state.applied, step=step, to=to, all=all, name=name)
+            return self.execute(conn, plan, dry_run)
+
+    def check_drift(self, src: Source, state: State) -> None:
+        found = drift(src.migrations, state.applied, state.checksums)
+        if not found:
+            return
+        if self.settings.allow_drift:
+            self.log.warn(f"drift allowed by --allow-drift: {found.describe()}")
+            return
+        raise DriftError(
+            f"{found.describe()} (in {src.folder}); fix the deployment, or pass --allow-drift"
+        )
+
+    def execute(self, conn: psycopg.Connection, plan: Plan, dry_run: bool) -> RunReport:
+        report = RunReport(plan)
+        if not plan:
+            return report
+        executors = Executors(self.settings, self.log)
+        try:
+            for mig in plan.steps:  # validate every file before the first one runs
+                if mig.kind == "sql":
+                    executors.sql.validate(mig, plan.direction)
+            if dry_run:
+                self.dry_run(conn, plan, executors, report)
+                return report
+            with_ts = guarded(lambda: self.ensure_tables(conn))
+            for i, mig in enumerate(plan.steps):
+                last = i == len(plan.steps) - 1
+                self.apply(conn, mig, plan.direction, executors, with_ts, durable=last)
+                report.done.append(mig.name)
+        finally:
+            executors.close()
+        return report
+
+    def ensure_tables(self, conn: psycopg.Connection) -> bool:
+        with_ts = self.meta.ensure(conn)
+        self.history.ensure(conn)
+        return with_ts
+
+    def session_setup(self, name: str, transactional: bool, durable: bool) -> str:
+        """One round trip of settings before a migration (application_name, timeouts)."""
+        s = self.settings
+        ident = s.identity
+        app = f"migrunner/{ident.version} running {name}".encode()[:63].decode("utf-8", "ignore")
+        local = "LOCAL " if transactional else ""
+        parts = [f"SET application_name = {quote_literal(app)}"]
+        if transactional:
+            parts.append("BEGIN")
+        parts.append(f"SET {local}lock_timeout = '{int(s.statement_lock_timeout * 1000)}ms'")
+        if s.statement_timeout:
+            parts.append(f"SET {local}statement_timeout = '{int(s.statement_timeout * 1000)}ms'")
+        if transactional and not durable:
+            parts.append("SET LOCAL synchronous_commit = off")
+        return "; ".join(parts)
+
+    def apply(
+        self,
+        conn: psycopg.Connection,
+        mig: Migration,
+        direction: str,
+        executors: Executors,
+        with_ts: bool,
+        durable: bool,
+    ) -> None:
+        executor = executors.for_(mig)
+        declared = guarded(lambda: executor.declared_transactional(mig, direction))
+        transactional = True if declared is None else declared
+        notes: list[str] = []
+        attempt = 0
+        verb = "migrating" if direction == "up" else "reverting"
+        self.log.info(f"== {mig.name}: {verb} =======", migration=mig.name, direction=direction)
+        while True:
+            attempt += 1
+            started = datetime.now(UTC)
+            t0 = time.perf_counter()
+            try:
+                conn.execute(self.session_setup(mig.name, transactional, durable).encode())
+                executor.run(mig, direction, conn, transactional=transactional, dry_run=False)
+                if not transactional:
+                    conn.execute(b"BEGIN")
+                if direction == "up":
+                    self.meta.log(conn, mig.name, with_ts)
+                else:
+                    self.meta.unlog(conn, mig.name)
+                elapsed = (time.perf_counter() - t0) * 1000
+                self.history.record(
+                    conn,
+                    Entry(
+                        name=mig.name,
+                        direction=direction,
+                        outcome="applied" if direction == "up" else "reverted",
+                        checksum=mig.checksum,
+                        transactional=transactional,
+                        started_at=started,
+                        duration_ms=elapsed,
+                        attempts=attempt,
+                        note="; ".join(notes) or None,
+                    ),
+                    self.settings.identity,
+                )
+                conn.execute(b"COMMIT")
+                past = "migrated" if direction == "up" else "reverted"
+                self.log.info(
+                    f"== {mig.name}: {past} ({elapsed / 1000:.3f}s)",
+                    migration=mig.name,
+                    direction=direction,
+                    duration_ms=round(elapsed, 1),
+                    transactional=transactional,
+                )
+                return
+            except MigrationFailed as err:
+                rollback(conn)
+                if transactional and err.sqlstate in RETRYABLE and attempt <= self.settings.retries:
+                    delay = min(0.2 * 2 ** (attempt - 1), 5.0)
+                    msg = (
+                        f"{mig.name}: {RETRYABLE[err.sqlstate]} (SQLSTATE {err.sqlstate}); "
+                        f"rolled back, retry {attempt}/{self.settings.retries} in {delay:.1f}s"
+                    )
+                    self.log.warn(msg, migration=mig.name, sqlstate=err.sqlstate, attempt=attempt)
+                    notes.append(f"retried after SQLSTATE {err.sqlstate}")
+                    time.sleep(delay)
+                    continue
+                if transactional and declared is None and err.sqlstate in NEEDS_AUTOCOMMIT:
+                    msg = (
+                        f"{mig.name}: {NEEDS_AUTOCOMMIT[err.sqlstate]} (SQLSTATE {err.sqlstate}); "
+                        "rolled back and re-running it outside a transaction, statement by "
+                        "statement as sequelize-cli would (declare it to silence this warning)"
+                    )
+                    self.log.warn(msg, migration=mig.name, sqlstate=err.sqlstate)
+                    notes.append(f"re-run outside a transaction after SQLSTATE {err.sqlstate}")
+                    transactional = False
+                    attempt = 0
+                    continue
+                self.record_failure(conn, mig, direction, transactional, started, t0, err, notes)
+                raise
+            except MigrunnerError:
+                rollback(conn)
+                raise
+            except Exception as exc:
+                rollback(conn)
+                if is_connection_lost(exc):
+                    raise DatabaseUnavailable(
+                        f"connection lost while running {mig.name} ({direction}): {first_line(exc)}"
+                    ) from None
+                import psycopg
+
+                if isinstance(exc, psycopg.Error):
+                    err2 = MigrationFailed(
+                        f"migration {mig.name} failed ({direction}) at commit: {first_line(exc)}"
+                        f"{f' [SQLSTATE {exc.sqlstate}]' if exc.sqlstate else ''}",
+                        sqlstate=exc.sqlstate,
+                    )
+                    self.record_failure(
+                        conn, mig, direction, transactional, started, t0, err2, notes
+                    )
+                    raise err2 from None
+                raise
+
+    def record_failure(
+        self,
+        conn: psycopg.Connection,
+        mig: Migration,
+        direction: str,
+        transactional: bool,
+        started: datetime,
+        t0: float,
+        err: MigrunnerError,
+        notes: list[str],
+    ) -> None:
+        try:
+            self.history.record(
+                conn,
+                Entry(
+                    name=mig.name,
+                    direction=direction,
+                    outcome="failed",
+                    checksum=mig.checksum,
+                    transactional=transactional,
+                    started_at=started,
+                    duration_ms=(time.perf_counter() - t0) * 1000,
+                    note="; ".join(notes) or None,
+                    error=err.message[:2000],
+                ),
+                self.settings.identity,
+            )
+        except Exception as exc:  # the failure itself is what the user must see
+            self.log.warn(f"could not record the failure in the history: {first_line(exc)}")
+
+    def dry_run(
+        self, conn: psycopg.Connection, plan: Plan, executors: Executors, report: RunReport
+    ) -> None:
+        """Run the plan in one transaction that is always rolled back.
+
+        Faithful because PostgreSQL DDL is transactional, but it takes the same locks while it
+        runs (bounded by ``statement_lock_timeout``) and advances sequences it touches.
+        """
+        ms = int(self.settings.statement_lock_timeout * 1000)
+        try:
+            conn.execute(f"BEGIN; SET LOCAL lock_timeout = '{ms}ms'".encode())
+            with_ts = self.ensure_tables(conn)
+            for mig in plan.steps:
+                executor = executors.for_(mig)
+                declared = executor.declared_transactional(mig, plan.direction)
+                result = executor.run(mig, plan.direction, conn, transactional=True, dry_run=True)
+                report.dry_run.append((mig, declared is not False, result))
+                if plan.direction == "up":
+                    self.meta.log(conn, mig.name, with_ts)
+                else:
+                    self.meta.unlog(conn, mig.name)
+        except Exception as exc:
+            if is_connection_lost(exc):
+                raise DatabaseUnavailable(
+                    f"connection lost during dry run: {first_line(exc)}"
+                ) from None
+            if isinstance(exc, MigrunnerError):
+                raise
+            raise MigrationFailed(f"dry run failed: {first_line(exc)}") from None
+        finally:
+            rollback(conn)
+
+
+def raise_empty(src: Source) -> None:
+    from runner.errors import SourceError
+
+    raise SourceError(
+        f"no migrations found in {src.folder} (expected .js/.cjs/.ts/.cts/.sql files)"
+    )
+
+
+def guarded(fn: Callable[[], T]) -> T:
+    """Run a database read; a lost connection or driver error becomes a migrunner error."""
+    import psycopg
+
+    try:
+        return fn()
+    except MigrunnerError:
+        raise
+    except psycopg.Error as exc:
+        if is_connection_lost(exc):
+            raise DatabaseUnavailable(f"connection lost: {first_line(exc)}") from None
+        state = getattr(exc, "sqlstate", None)
+        raise MigrunnerError(
+            f"database error: {first_line(exc)}{f' [SQLSTATE {state}]' if state else ''}",
+            exit_code=1 if state != "42501" else 2,
+        ) from None
+
+
+def rollback(conn: psycopg.Connection) -> None:
+    try:
+        if not conn.closed:
+            conn.execute(b"ROLLBACK")
+    except Exception:
+        pass
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def quote_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"

@@ -1,0 +1,134 @@
+"""Pure planning: what to run, in which order, from the folder and the applied names.
+
+No I/O here (alembic's lesson): everything is a function of the migrations found on disk and
+the names recorded in SequelizeMeta, so it is unit-tested without a database.
+
+Semantics follow sequelize-cli:
+
+* ``up`` runs every pending migration in file-name order; ``--to NAME`` stops after NAME.
+  NAME must exist in the folder; if it is already applied there is nothing to do.
+* ``down`` reverts applied migrations newest first: one by default (``db:migrate:undo``),
+  ``--step N``, ``--to NAME`` (down to and including NAME, as ``db:migrate:undo:all --to``),
+  ``--all``, or ``--name NAME`` (exactly that one, as ``db:migrate:undo --name``).
+* Applied names are ordered by the same file-name order as the folder, so an applied name
+  whose file is gone still has a place in the order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from runner.errors import SourceError
+from runner.source import Migration, js_sort_key
+
+Direction = Literal["up", "down"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    direction: Direction
+    steps: tuple[Migration, ...]
+    note: str = ""  # why the plan is empty, when it is
+
+    def __bool__(self) -> bool:
+        return bool(self.steps)
+
+
+@dataclass(frozen=True)
+class Drift:
+    """Applied migrations whose file is missing, or changed since migrunner applied it."""
+
+    missing: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.changed)
+
+    def describe(self) -> str:
+        parts = []
+        if self.missing:
+            parts.append("applied but file missing: " + ", ".join(self.missing))
+        if self.changed:
+            parts.append("file changed since applied: " + ", ".join(self.changed))
+        return "; ".join(parts)
+
+
+def pending(available: Sequence[Migration], applied: Sequence[str]) -> list[Migration]:
+    done = set(applied)
+    return [m for m in available if m.name not in done]
+
+
+def ordered_applied(applied: Sequence[str]) -> list[str]:
+    return sorted(set(applied), key=js_sort_key)
+
+
+def plan_up(available: Sequence[Migration], applied: Sequence[str], to: str | None = None) -> Plan:
+    todo = pending(available, applied)
+    if to is not None:
+        names = [m.name for m in available]
+        if to not in names:
+            raise SourceError(f"--to {to!r}: no such migration in the migrations folder")
+        if to in set(applied):
+            return Plan("up", (), note=f"Migration {to} is not pending")
+        idx = next(i for i, m in enumerate(todo) if m.name == to)
+        todo = todo[: idx + 1]
+    if not todo:
+        return Plan(
+            "up", (), note="No migrations were executed, database schema was already up to date."
+        )
+    return Plan("up", tuple(todo))
+
+
+def plan_down(
+    available: Sequence[Migration],
+    applied: Sequence[str],
+    *,
+    step: int | None = None,
+    to: str | None = None,
+    all: bool = False,
+    name: str | None = None,
+) -> Plan:
+    chosen = [x is not None for x in (step, to, name)].count(True) + int(all)
+    if chosen > 1:
+        raise SourceError("down: give at most one of --step, --to, --all, --name")
+    if step is not None and step < 1:
+        raise SourceError(f"--step must be at least 1 (got {step})")
+    by_name = {m.name: m for m in available}
+    done = ordered_applied(applied)
+    if not done:
+        return Plan("down", (), note="No executed migrations found.")
+    if name is not None:
+        if name not in set(done):
+            raise SourceError(f"--name {name!r}: migration is not applied")
+        targets = [name]
+    elif to is not None:
+        if to not in set(done):
+            raise SourceError(f"--to {to!r}: migration is not applied")
+        targets = list(reversed(done[done.index(to) :]))
+    elif all:
+        targets = list(reversed(done))
+    else:
+        targets = list(reversed(done))[: step or 1]
+    missing = [t for t in targets if t not in by_name]
+    if missing:
+        raise SourceError(
+            "cannot revert applied migrations whose file is missing: " + ", ".join(missing)
+        )
+    return Plan("down", tuple(by_name[t] for t in targets))
+
+
+def drift(
+    available: Sequence[Migration], applied: Sequence[str], checksums: Mapping[str, str]
+) -> Drift:
+    """Compare files with what was applied. ``checksums``: name → sha256 at apply time (only
+    migrations applied by migrunner have one; sequelize-cli's have none and are not judged)."""
+    by_name = {m.name: m for m in available}
+    missing = tuple(n for n in ordered_applied(applied) if n not in by_name)
+    changed = tuple(
+        n
+        for n in ordered_applied(applied)
+        if n in by_name and n in checksums and by_name[n].checksum != checksums[n]
+    )
+    return Drift(missing, changed)

@@ -1,0 +1,130 @@
+"""The migration source: which files in the migrations folder are migrations, in what order.
+
+Mirrors sequelize-cli (umzug v2): a flat folder, file names matching
+``^(?!.*\\.d\\.ts$).*\\.(cjs|js|cts|ts)$`` are JS migrations, sorted by file name with
+JavaScript's string comparison (UTF-16 code units), and the name stored in ``SequelizeMeta``
+is the base name with its extension. migrunner adds ``.sql`` migrations to the same order.
+
+Decisions where sequelize-cli is silent or lax (documented in the README):
+
+* other files (README.md, .gitkeep, sub-folders) are ignored, as sequelize-cli ignores them;
+  a non-dotfile with an unknown extension is reported as a warning by the caller;
+* two migrations with the same stem (``001-x.js`` and ``001-x.sql``) or names equal after
+  Unicode NFC normalisation are rejected: they are almost always a mistake, and SequelizeMeta
+  could not tell them apart for a human;
+* a name longer than 255 characters is rejected (``SequelizeMeta.name`` is VARCHAR(255)).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from runner.errors import SourceError
+
+JS_PATTERN = re.compile(r"^(?!.*\.d\.ts$).*\.(cjs|js|cts|ts)$", re.DOTALL)
+SQL_PATTERN = re.compile(r"^.*\.sql$", re.DOTALL)
+MAX_NAME = 255
+
+Kind = Literal["sql", "js"]
+
+
+def js_sort_key(name: str) -> bytes:
+    """JavaScript compares strings by UTF-16 code units; UTF-16-BE bytes sort the same way."""
+    return name.encode("utf-16-be", "surrogatepass")
+
+
+@dataclass(frozen=True)
+class Migration:
+    name: str
+    path: Path
+    kind: Kind
+    _checksum: list[str] = field(default_factory=list, compare=False, repr=False)
+
+    @property
+    def checksum(self) -> str:
+        """sha256 of the file's bytes, computed once (history and drift checks)."""
+        if not self._checksum:
+            self._checksum.append(file_checksum(self.path))
+        return self._checksum[0]
+
+
+def file_checksum(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read migration file: {exc.strerror}") from exc
+
+
+@dataclass(frozen=True)
+class Source:
+    """The migrations found in a folder, in run order, plus files that were skipped."""
+
+    folder: Path
+    migrations: tuple[Migration, ...]
+    ignored: tuple[str, ...] = ()
+
+    def by_name(self) -> dict[str, Migration]:
+        return {m.name: m for m in self.migrations}
+
+
+def classify(name: str) -> Kind | None:
+    if SQL_PATTERN.match(name):
+        return "sql"
+    if JS_PATTERN.match(name):
+        return "js"
+    return None
+
+
+def discover(folder: Path) -> Source:
+    """List the migrations in ``folder``; raise SourceError for an unusable folder."""
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        raise SourceError(f"migrations folder not found: {folder}") from None
+    except NotADirectoryError:
+        raise SourceError(f"migrations path is not a folder: {folder}") from None
+    except PermissionError:
+        raise SourceError(f"migrations folder is not readable: {folder}") from None
+    migrations: list[Migration] = []
+    ignored: list[str] = []
+    for entry in entries:
+        name = entry.name
+        kind = classify(name)
+        if kind is None or not entry.is_file():
+            if not name.startswith(".") and not entry.is_dir():
+                ignored.append(name)
+            continue
+        migrations.append(Migration(name=name, path=Path(folder) / name, kind=kind))
+    migrations.sort(key=lambda m: js_sort_key(m.name))
+    check_names([m.name for m in migrations], folder)
+    return Source(Path(folder), tuple(migrations), tuple(sorted(ignored)))
+
+
+def check_names(names: list[str], folder: Path) -> None:
+    stems: dict[str, str] = {}
+    normal: dict[str, str] = {}
+    for name in names:
+        if len(name) > MAX_NAME:
+            raise SourceError(
+                f"{folder / name}: migration name is {len(name)} characters; "
+                f"SequelizeMeta.name holds at most {MAX_NAME}"
+            )
+        stem = name.rsplit(".", 1)[0]
+        if stem in stems:
+            raise SourceError(
+                f"{folder}: duplicate migration name {stem!r}: {stems[stem]} and {name}"
+            )
+        stems[stem] = name
+        nfc = unicodedata.normalize("NFC", name)
+        if nfc in normal:
+            raise SourceError(
+                f"{folder}: migration names {normal[nfc]!r} and {name!r} differ only in "
+                "Unicode normalisation"
+            )
+        normal[nfc] = name

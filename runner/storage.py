@@ -1,0 +1,70 @@
+"""SequelizeMeta: the record of applied migrations, shared with sequelize-cli.
+
+umzug's three-method storage contract — list applied names, log one, unlog one — plus
+``ensure``. The table is created exactly as sequelize-cli creates it and never altered, so an
+app can switch between the two tools at any time. Inserts fill ``createdAt``/``updatedAt``
+whenever the table has them (``migrationTimestamps: true``), whatever the config says, so a
+table created by either tool keeps working.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from runner.db import qualified, quote_ident
+
+if TYPE_CHECKING:
+    import psycopg
+
+
+@dataclass(frozen=True)
+class MetaTable:
+    table: str = "SequelizeMeta"
+    schema: str | None = None
+    timestamps: bool = False
+
+    @property
+    def ref(self) -> str:
+        return qualified(self.schema, self.table)
+
+    def create_sql(self) -> str:
+        cols = '"name" VARCHAR(255) NOT NULL UNIQUE'
+        if self.timestamps:
+            cols += (
+                ', "createdAt" TIMESTAMP WITH TIME ZONE NOT NULL'
+                ', "updatedAt" TIMESTAMP WITH TIME ZONE NOT NULL'
+            )
+        return f'CREATE TABLE IF NOT EXISTS {self.ref} ({cols}, PRIMARY KEY ("name"))'
+
+    def ensure(self, conn: psycopg.Connection) -> bool:
+        """Create schema and table if missing; return whether the table has timestamps."""
+        if self.schema:
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.schema)}")
+        conn.execute(self.create_sql())
+        row = conn.execute(
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+            "AND attname IN ('createdAt', 'updatedAt') AND NOT attisdropped",
+            (self.ref,),
+        ).fetchone()
+        return bool(row and row[0] == 2)
+
+    def exists(self, conn: psycopg.Connection) -> bool:
+        row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (self.ref,)).fetchone()
+        return bool(row and row[0])
+
+    def applied(self, conn: psycopg.Connection) -> list[str]:
+        return [r[0] for r in conn.execute(f'SELECT "name" FROM {self.ref} ORDER BY "name"')]
+
+    def log(self, conn: psycopg.Connection, name: str, with_timestamps: bool) -> None:
+        if with_timestamps:
+            conn.execute(
+                f'INSERT INTO {self.ref} ("name", "createdAt", "updatedAt") '
+                "VALUES (%s, now(), now())",
+                (name,),
+            )
+        else:
+            conn.execute(f'INSERT INTO {self.ref} ("name") VALUES (%s)', (name,))
+
+    def unlog(self, conn: psycopg.Connection, name: str) -> None:
+        conn.execute(f'DELETE FROM {self.ref} WHERE "name" = %s', (name,))
