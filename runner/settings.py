@@ -121,7 +121,11 @@ def url_to_conninfo(url: str, what: str) -> dict[str, str]:
         parsed = conninfo_to_dict(url)
     except Exception as exc:
         raise ConfigError(f"malformed database URL ({what}): {redact(str(exc), url)}") from None
-    return {k: str(v) for k, v in parsed.items() if v is not None}
+    out = {k: str(v) for k, v in parsed.items() if v is not None}
+    port = out.get("port", "")
+    if port and not all(p.isdigit() for p in port.split(",")):
+        raise ConfigError(f"malformed database URL ({what}): port must be a number")
+    return out
 
 
 def redact(text: str, *secrets: str | None) -> str:

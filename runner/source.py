@@ -12,7 +12,8 @@ Decisions where sequelize-cli is silent or lax (documented in the README):
 * two migrations with the same stem (``001-x.js`` and ``001-x.sql``) or names equal after
   Unicode NFC normalisation are rejected: they are almost always a mistake, and SequelizeMeta
   could not tell them apart for a human;
-* a name longer than 255 characters is rejected (``SequelizeMeta.name`` is VARCHAR(255)).
+* ``SequelizeMeta.name`` is VARCHAR(255): file names are at most 255 bytes on Linux, so
+  every file name fits.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from runner.errors import SourceError
 
 JS_PATTERN = re.compile(r"^(?!.*\.d\.ts$).*\.(cjs|js|cts|ts)$", re.DOTALL)
 SQL_PATTERN = re.compile(r"^.*\.sql$", re.DOTALL)
-MAX_NAME = 255
 
 Kind = Literal["sql", "js"]
 
@@ -110,11 +110,6 @@ def check_names(names: list[str], folder: Path) -> None:
     stems: dict[str, str] = {}
     normal: dict[str, str] = {}
     for name in names:
-        if len(name) > MAX_NAME:
-            raise SourceError(
-                f"{folder / name}: migration name is {len(name)} characters; "
-                f"SequelizeMeta.name holds at most {MAX_NAME}"
-            )
         stem = name.rsplit(".", 1)[0]
         if stem in stems:
             raise SourceError(

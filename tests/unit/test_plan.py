@@ -1,0 +1,91 @@
+"""Pure planning: ordering, --to, --step, --name, drift. No database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runner.errors import SourceError
+from runner.plan import drift, plan_down, plan_up
+from runner.source import Migration
+
+
+def migs(*names: str) -> list[Migration]:
+    return [Migration(n, Path("/m") / n, "sql" if n.endswith(".sql") else "js") for n in names]
+
+
+ALL = migs("001-a.js", "002-b.sql", "003-c.js", "004-d.sql")
+
+
+def names(plan) -> list[str]:
+    return [m.name for m in plan.steps]
+
+
+def test_up_runs_all_pending_in_order() -> None:
+    assert names(plan_up(ALL, [])) == ["001-a.js", "002-b.sql", "003-c.js", "004-d.sql"]
+    assert names(plan_up(ALL, ["001-a.js", "003-c.js"])) == ["002-b.sql", "004-d.sql"]
+
+
+def test_up_nothing_pending_has_sequelize_cli_message() -> None:
+    plan = plan_up(ALL, [m.name for m in ALL])
+    assert not plan
+    assert plan.note == "No migrations were executed, database schema was already up to date."
+
+
+def test_up_to_stops_after_target() -> None:
+    assert names(plan_up(ALL, ["001-a.js"], to="003-c.js")) == ["002-b.sql", "003-c.js"]
+
+
+def test_up_to_applied_target_is_noop() -> None:
+    plan = plan_up(ALL, ["001-a.js", "002-b.sql"], to="002-b.sql")
+    assert not plan and "not pending" in plan.note
+
+
+def test_up_to_unknown_is_an_error() -> None:
+    with pytest.raises(SourceError, match="no such migration"):
+        plan_up(ALL, [], to="999-x.js")
+
+
+def test_down_default_reverts_newest_one() -> None:
+    assert names(plan_down(ALL, ["001-a.js", "002-b.sql", "003-c.js"])) == ["003-c.js"]
+
+
+def test_down_step_and_all_and_to_and_name() -> None:
+    applied = ["002-b.sql", "001-a.js", "003-c.js"]  # order in the table does not matter
+    assert names(plan_down(ALL, applied, step=2)) == ["003-c.js", "002-b.sql"]
+    assert names(plan_down(ALL, applied, all=True)) == ["003-c.js", "002-b.sql", "001-a.js"]
+    assert names(plan_down(ALL, applied, to="002-b.sql")) == ["003-c.js", "002-b.sql"]
+    assert names(plan_down(ALL, applied, name="001-a.js")) == ["001-a.js"]
+    assert names(plan_down(ALL, applied, step=10)) == ["003-c.js", "002-b.sql", "001-a.js"]
+
+
+def test_down_rejects_bad_requests() -> None:
+    with pytest.raises(SourceError, match="at most one"):
+        plan_down(ALL, ["001-a.js"], step=1, all=True)
+    with pytest.raises(SourceError, match="not applied"):
+        plan_down(ALL, ["001-a.js"], to="003-c.js")
+    with pytest.raises(SourceError, match="at least 1"):
+        plan_down(ALL, ["001-a.js"], step=0)
+
+
+def test_down_nothing_applied() -> None:
+    plan = plan_down(ALL, [])
+    assert not plan and plan.note == "No executed migrations found."
+
+
+def test_down_refuses_missing_file() -> None:
+    with pytest.raises(SourceError, match="file is missing: 005-gone.js"):
+        plan_down(ALL, ["001-a.js", "005-gone.js"])
+
+
+def test_drift_missing_and_changed(tmp_path: Path) -> None:
+    f = tmp_path / "001-a.sql"
+    f.write_text("-- migrate:up\nselect 1;\n")
+    m = Migration("001-a.sql", f, "sql")
+    d = drift([m], ["001-a.sql", "000-old.js"], {"001-a.sql": "0" * 64})
+    assert d.missing == ("000-old.js",)
+    assert d.changed == ("001-a.sql",)
+    assert not drift([m], ["001-a.sql"], {"001-a.sql": m.checksum})
+    # migrations applied by sequelize-cli have no checksum and are never "changed"
+    assert not drift([m], ["001-a.sql"], {})

@@ -1,0 +1,65 @@
+"""Migration discovery mirrors sequelize-cli's folder rules. Real files in tmp dirs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runner.errors import SourceError
+from runner.source import classify, discover, js_sort_key
+
+
+def touch(folder: Path, *names: str) -> None:
+    for n in names:
+        (folder / n).write_text("")
+
+
+def test_patterns_match_sequelize_cli() -> None:
+    assert classify("001-x.js") == "js"
+    assert classify("001-x.cjs") == "js"
+    assert classify("001-x.ts") == "js"
+    assert classify("001-x.cts") == "js"
+    assert classify("001-x.d.ts") is None
+    assert classify("001-x.sql") == "sql"
+    assert classify("001-x.mjs") is None
+    assert classify("README.md") is None
+
+
+def test_discover_orders_by_name_and_ignores_others(tmp_path: Path) -> None:
+    touch(tmp_path, "b.js", "a.sql", "10-x.js", "9-x.js", "types.d.ts", "README.md", ".keep")
+    (tmp_path / "sub").mkdir()
+    touch(tmp_path / "sub", "000-hidden.js")
+    src = discover(tmp_path)
+    assert [m.name for m in src.migrations] == ["10-x.js", "9-x.js", "a.sql", "b.js"]
+    assert src.ignored == ("README.md", "types.d.ts")
+
+
+def test_sort_is_javascript_utf16_order(tmp_path: Path) -> None:
+    # U+FF21 (fullwidth A) is one UTF-16 unit; U+1F600 (emoji) is a surrogate pair 0xD83D...
+    # JavaScript sorts the emoji first; code point order would put it last.
+    a, b = "\U0001f600.js", "\uff21.js"
+    assert sorted([b, a], key=js_sort_key) == [a, b]
+    assert sorted([b, a]) == [b, a]
+    touch(tmp_path, a, b, "é-001.js")
+    assert [m.name for m in discover(tmp_path).migrations] == ["é-001.js", a, b]
+
+
+def test_missing_and_non_folder(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="migrations folder not found"):
+        discover(tmp_path / "nope")
+    touch(tmp_path, "file")
+    with pytest.raises(SourceError, match="not a folder"):
+        discover(tmp_path / "file")
+
+
+def test_duplicate_stems_rejected(tmp_path: Path) -> None:
+    touch(tmp_path, "001-init.js", "001-init.sql")
+    with pytest.raises(SourceError, match="duplicate migration name '001-init'"):
+        discover(tmp_path)
+
+
+def test_unicode_normalisation_twins_rejected(tmp_path: Path) -> None:
+    touch(tmp_path, "caf\u00e9.js", "cafe\u0301.js")
+    with pytest.raises(SourceError, match="Unicode normalisation|duplicate"):
+        discover(tmp_path)

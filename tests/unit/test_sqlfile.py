@@ -1,0 +1,95 @@
+"""SQL migration sections and statement splitting (pglast), with file line numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runner.errors import SourceError
+from runner.sqlfile import error_line, parse_sql_migration
+
+P = Path("m.sql")
+
+
+def parse(text: str):
+    return parse_sql_migration(P, text.encode())
+
+
+def test_sections_statements_and_lines() -> None:
+    m = parse(
+        "-- header comment\n"
+        "-- migrate:up\n"
+        "CREATE TABLE t (a text DEFAULT 'x;y');\n"
+        "\n"
+        "CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $$\n"
+        "BEGIN RETURN 1; END;\n"
+        "$$;\n"
+        "/* block; comment */ INSERT INTO t VALUES ('--not a comment');\n"
+        "-- migrate:down\n"
+        "DROP FUNCTION f();\n"
+        "DROP TABLE t;\n"
+    )
+    assert m.up.transactional
+    assert [s.line for s in m.up.statements] == [3, 5, 8]
+    assert m.up.statements[1].sql.endswith("$$")
+    assert "'--not a comment'" in m.up.statements[2].sql
+    assert m.down is not None
+    assert [s.sql for s in m.down.statements] == ["DROP FUNCTION f()", "DROP TABLE t"]
+    assert [s.line for s in m.down.statements] == [10, 11]
+
+
+def test_begin_atomic_function_is_one_statement() -> None:
+    m = parse(
+        "-- migrate:up\n"
+        "CREATE FUNCTION g() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; SELECT 2; END;\n"
+        "SELECT 3;\n"
+    )
+    assert len(m.up.statements) == 2
+    assert m.down is None
+
+
+def test_transaction_false_option() -> None:
+    m = parse(
+        "-- migrate:up transaction:false\nCREATE INDEX CONCURRENTLY i ON t (a);\n"
+        "-- migrate:down transaction:false\nDROP INDEX CONCURRENTLY i;\n"
+    )
+    assert not m.up.transactional
+    assert m.down is not None and not m.down.transactional
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("CREATE TABLE t (a int);\n", "must start with a '-- migrate:up'"),
+        ("-- migrate:down\nSELECT 1;\n-- migrate:up\nSELECT 2;\n", "found migrate:down first"),
+        ("SELECT 1;\n-- migrate:up\nSELECT 2;\n", "SQL before the '-- migrate:up' header"),
+        ("-- migrate:up\nSELECT 1;\n-- migrate:up\nSELECT 2;\n", "second '-- migrate:up'"),
+        ("-- migrate:sideways\nSELECT 1;\n", "unknown section"),
+        ("-- migrate:up transaction:maybe\nSELECT 1;\n", "unknown section option"),
+    ],
+)
+def test_malformed_sections(text: str, message: str) -> None:
+    with pytest.raises(SourceError, match=message):
+        parse(text)
+
+
+def test_syntax_error_names_the_line() -> None:
+    with pytest.raises(SourceError, match=r"m\.sql:4: syntax error at or near \"SELEC\".*42601"):
+        parse("-- migrate:up\nSELECT 1;\n\nSELEC 2;\n")
+
+
+def test_non_utf8_names_the_line() -> None:
+    with pytest.raises(SourceError, match=r"m\.sql:2: not valid UTF-8"):
+        parse_sql_migration(P, b"-- migrate:up\nSELECT '\xff';\n")
+
+
+def test_bom_is_accepted() -> None:
+    assert len(parse_sql_migration(P, b"\xef\xbb\xbf-- migrate:up\nSELECT 1;\n").up.statements) == 1
+
+
+def test_error_line_from_server_position() -> None:
+    m = parse("-- migrate:up\nINSERT INTO t\nVALUES\n(nope);\n")
+    stmt = m.up.statements[0]
+    assert error_line(stmt, stmt.sql.index("nope") + 1) == 4
+    assert error_line(stmt, None) == 2
