@@ -113,7 +113,7 @@ class SqlExecutor:
                     )
 
     def declared_transactional(self, mig: Migration, direction: str) -> bool | None:
-        return self.section(mig, direction).transactional
+        return self.section(mig, direction).declared
 
     def run(
         self,

@@ -95,6 +95,7 @@ class Migrator:
         self.log = log
         self.meta = MetaTable(settings.table, settings.schema, settings.timestamps)
         self.history = HistoryTable(self.meta.ref, settings.schema)
+        self.server_version = 0
 
     # ---- reading ---------------------------------------------------------------------------
 
@@ -181,6 +182,7 @@ class Migrator:
         report = RunReport(plan)
         if not plan:
             return report
+        self.server_version = conn.info.server_version
         executors = Executors(self.settings, self.log)
         try:
             for mig in plan.steps:  # validate every file before the first one runs
@@ -210,6 +212,10 @@ class Migrator:
         app = f"migrunner/{ident.version} running {name}".encode()[:63].decode("utf-8", "ignore")
         local = "LOCAL " if transactional else ""
         parts = [f"SET application_name = {quote_literal(app)}"]
+        if self.server_version >= 140000:
+            # A killed runner's backend would otherwise keep its transaction (and its locks)
+            # until a blocked statement ends; this makes the server notice within a second.
+            parts.append("SET client_connection_check_interval = '1s'")
         if transactional:
             parts.append("BEGIN")
         parts.append(f"SET {local}lock_timeout = '{int(s.statement_lock_timeout * 1000)}ms'")

@@ -33,9 +33,13 @@ class Statement:
 @dataclass(frozen=True)
 class Section:
     direction: str  # "up" | "down"
-    transactional: bool
+    declared: bool | None  # transaction:true/false, or None when not declared
     statements: tuple[Statement, ...]
     line: int  # line of the header
+
+    @property
+    def transactional(self) -> bool:
+        return self.declared is not False
 
 
 @dataclass(frozen=True)
@@ -55,8 +59,9 @@ def decode(path: Path, data: bytes) -> str:
     return text.removeprefix("\ufeff")
 
 
-def parse_options(path: Path, line: int, rest: str) -> bool:
-    transactional = True
+def parse_options(path: Path, line: int, rest: str) -> bool | None:
+    """The section's declared transaction mode; None when it declares none."""
+    transactional: bool | None = None
     for opt in rest.split():
         key, _, value = opt.partition(":")
         if key == "transaction" and value in ("true", "false"):
@@ -77,7 +82,7 @@ def parse_sql_migration(path: Path, data: bytes | None = None) -> SqlMigration:
             raise SourceError(f"{path}: cannot read migration file: {exc.strerror}") from None
     text = decode(path, data)
     lines = text.splitlines(keepends=True)
-    headers: list[tuple[int, str, bool]] = []  # (line index, direction, transactional)
+    headers: list[tuple[int, str, bool | None]] = []  # (line index, direction, transactional)
     for i, raw in enumerate(lines):
         m = HEADER.match(raw.rstrip("\r\n"))
         if not m:

@@ -59,7 +59,9 @@ def create_database(server: str, prefix: str = "mrt") -> str:
 def drop_database(server: str, url: str) -> None:
     name = urlsplit(url).path.lstrip("/")
     with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 def url_parts(url: str) -> dict[str, str]:
