@@ -51,7 +51,9 @@ def test_nothing_configured_is_a_config_error() -> None:
         resolve(CliOptions(), {}, cwd=CWD)
 
 
-@pytest.mark.parametrize("url", ["mysql://u:secret@h/d", "not a url", "postgres://u:secret@h:notaport/d"])
+@pytest.mark.parametrize(
+    "url", ["mysql://u:secret@h/d", "not a url", "postgres://u:secret@h:notaport/d"]
+)
 def test_malformed_urls_never_echo_password(url: str) -> None:
     with pytest.raises(ConfigError) as info:
         resolve(CliOptions(url=url), {}, cwd=CWD)
