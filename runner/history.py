@@ -73,29 +73,50 @@ class HistoryTable:
         row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (self.ref,)).fetchone()
         return bool(row and row[0])
 
-    def record(self, conn: psycopg.Connection, entry: Entry, who: Identity) -> None:
-        conn.execute(
+    def record(
+        self,
+        conn: psycopg.Connection,
+        entry: Entry,
+        who: Identity,
+        lock: tuple[int, int, int] | None = None,
+    ) -> bool:
+        """Insert the row; with ``lock`` = (holder pid, classid, objid), only while that
+        backend still holds the migration lock. Returns whether the row was written, so a
+        runner whose lock was taken away (``lock release --force``) cannot commit — at no cost
+        of an extra round trip."""
+        values = (
+            self.storage,
+            entry.name,
+            entry.direction,
+            entry.outcome,
+            entry.checksum,
+            entry.transactional,
+            entry.attempts,
+            entry.note,
+            entry.error,
+            entry.started_at,
+            entry.duration_ms,
+            who.host,
+            who.where if who.pod else None,
+            who.version,
+        )
+        columns = (
             f"INSERT INTO {self.ref} (storage_table, name, direction, outcome, checksum, "
             "transactional, attempts, note, error, started_at, duration_ms, runner_host, "
             "runner_pod, runner_version) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (
-                self.storage,
-                entry.name,
-                entry.direction,
-                entry.outcome,
-                entry.checksum,
-                entry.transactional,
-                entry.attempts,
-                entry.note,
-                entry.error,
-                entry.started_at,
-                entry.duration_ms,
-                who.host,
-                who.where if who.pod else None,
-                who.version,
-            ),
         )
+        if lock is None:
+            cur = conn.execute(
+                columns + "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", values
+            )
+        else:
+            cur = conn.execute(
+                columns + "SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s "
+                "WHERE EXISTS (SELECT 1 FROM pg_locks WHERE pid = %s AND locktype = 'advisory' "
+                "AND granted AND classid = %s::oid AND objid = %s::oid AND objsubid = 1)",
+                (*values, *lock),
+            )
+        return cur.rowcount == 1
 
     def applied_checksums(self, conn: psycopg.Connection) -> dict[str, str]:
         """name → checksum of the latest successful ``up`` (for drift detection)."""

@@ -159,6 +159,11 @@ class MigrationLock:
             f"took the migration lock after waiting {self.waited:.1f}s", lock_key=self.key
         )
 
+    def proof(self) -> tuple[int, int, int]:
+        """(holder pid, classid, objid): what a commit checks to prove the lock is still ours."""
+        assert self.conn is not None
+        return (self.conn.info.backend_pid, *pg_locks_ids(self.key))
+
     def try_lock(self, conn: psycopg.Connection) -> bool:
         row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
         return bool(row and row[0])

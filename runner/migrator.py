@@ -145,11 +145,11 @@ class Migrator:
             self.check_drift(src, state)
             if not plan:
                 return RunReport(plan)  # nothing pending: no lock, no node
-            with MigrationLock(self.settings, self.log):
+            with MigrationLock(self.settings, self.log) as lock:
                 state = guarded(lambda: self.read_state(conn))
                 self.check_drift(src, state)
                 plan = plan_up(src.migrations, state.applied, to)
-                return self.execute(conn, plan, dry_run)
+                return self.execute(conn, plan, dry_run, lock)
 
     def down(
         self,
@@ -162,10 +162,10 @@ class Migrator:
         wait: bool = False,
     ) -> RunReport:
         src = self.source()
-        with self.connection(wait) as conn, MigrationLock(self.settings, self.log):
+        with self.connection(wait) as conn, MigrationLock(self.settings, self.log) as lock:
             state = guarded(lambda: self.read_state(conn))
             plan = plan_down(src.migrations, state.applied, step=step, to=to, all=all, name=name)
-            return self.execute(conn, plan, dry_run)
+            return self.execute(conn, plan, dry_run, lock)
 
     def check_drift(self, src: Source, state: State) -> None:
         found = drift(src.migrations, state.applied, state.checksums)
@@ -178,7 +178,9 @@ class Migrator:
             f"{found.describe()} (in {src.folder}); fix the deployment, or pass --allow-drift"
         )
 
-    def execute(self, conn: psycopg.Connection, plan: Plan, dry_run: bool) -> RunReport:
+    def execute(
+        self, conn: psycopg.Connection, plan: Plan, dry_run: bool, lock: MigrationLock
+    ) -> RunReport:
         report = RunReport(plan)
         if not plan:
             return report
@@ -194,7 +196,7 @@ class Migrator:
             with_ts = guarded(lambda: self.ensure_tables(conn))
             for i, mig in enumerate(plan.steps):
                 last = i == len(plan.steps) - 1
-                self.apply(conn, mig, plan.direction, executors, with_ts, durable=last)
+                self.apply(conn, mig, plan.direction, executors, with_ts, last, lock.proof())
                 report.done.append(mig.name)
         finally:
             executors.close()
@@ -233,6 +235,7 @@ class Migrator:
         executors: Executors,
         with_ts: bool,
         durable: bool,
+        lock_proof: tuple[int, int, int],
     ) -> None:
         executor = executors.for_(mig)
         declared = guarded(lambda: executor.declared_transactional(mig, direction))
@@ -255,7 +258,7 @@ class Migrator:
                 else:
                     self.meta.unlog(conn, mig.name)
                 elapsed = (time.perf_counter() - t0) * 1000
-                self.history.record(
+                still_locked = self.history.record(
                     conn,
                     Entry(
                         name=mig.name,
@@ -269,7 +272,15 @@ class Migrator:
                         note="; ".join(notes) or None,
                     ),
                     self.settings.identity,
+                    lock_proof,
                 )
+                if not still_locked:
+                    rollback(conn)
+                    raise MigrunnerError(
+                        f"lost the migration lock while running {mig.name} (its holder session "
+                        "was terminated); rolled back",
+                        exit_code=4,
+                    )
                 conn.execute(b"COMMIT")
                 past = "migrated" if direction == "up" else "reverted"
                 self.log.info(
