@@ -90,8 +90,15 @@ def release_lock(settings: Settings, log: Log, force: bool) -> int:
                 f"refusing to terminate backend {held.pid} without --force "
                 "(its running migration will be rolled back)"
             )
+        # The holder's worker connection goes too: its open migration rolls back now rather
+        # than at its next commit check.
+        workers = guarded(lambda: peers(conn, "running"))
+        for b in workers:
+            log.out(f"its worker: pid {b.pid} {b.application_name!r}: {(b.query or '')[:120]}")
         try:
             row = conn.execute("SELECT pg_terminate_backend(%s)", (held.pid,)).fetchone()
+            for b in workers:
+                conn.execute("SELECT pg_terminate_backend(%s)", (b.pid,))
         except psycopg.errors.InsufficientPrivilege as exc:
             raise ConfigError(
                 f"not allowed to terminate backend {held.pid}: "
