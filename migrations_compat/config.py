@@ -236,7 +236,8 @@ def _start(req: ConfigRequest) -> ConfigLoad:
         raise ConfigError(f"--options-path {rel(rc_path, cwd)}: no such file")
     if rc_path.exists():
         # the rc is JavaScript and decides which config file to read: one node does both
-        return _spawn(req, rc_path, None, f"{rel(rc_path, cwd)}")
+        given = absolute(req.config_path, cwd) if req.config_path else None
+        return _spawn(req, rc_path, given, rel(rc_path, cwd))
     if req.url:
         return ConfigLoad(req, loaded=Loaded())
     if req.config_path is not None:
@@ -290,7 +291,7 @@ def _read_json(path: Path, cwd: Path) -> Loaded:
 
 
 def node_binary(environ: Mapping[str, str]) -> str | None:
-    return shutil.which("node", path=environ.get("PATH") or os.defpath)
+    return shutil.which("node", path=environ.get("PATH", os.defpath))
 
 
 def _spawn(

@@ -128,6 +128,20 @@ class SqlExecutor:
 
         section = self.section(mig, direction)
         result = RunResult()
+        if transactional and not dry_run and len(section.statements) > 1:
+            # One round trip for the whole section (what makes 1,000 small migrations cheap).
+            # On failure, roll back to the savepoint and replay statement by statement to name
+            # the failing statement and its line; a transient failure that does not recur in
+            # the replay simply lets the replay finish the migration.
+            batch = ";\n".join(st.sql for st in section.statements)
+            try:
+                conn.execute(("SAVEPOINT migrunner_batch;\n" + batch).encode())
+                result.statements.extend(("statement", st.sql) for st in section.statements)
+                return result
+            except psycopg.Error as exc:
+                if is_connection_lost(exc):
+                    raise statement_error(mig, direction, section.statements[0], exc) from None
+                conn.execute(b"ROLLBACK TO SAVEPOINT migrunner_batch")
         for stmt in section.statements:
             if dry_run and not section.transactional:
                 result.statements.append(("non-transactional (not executed in dry run)", stmt.sql))
