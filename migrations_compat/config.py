@@ -55,7 +55,11 @@ no ``ca``                                              ``sslrootcert`` = the sys
 ``checkServerIdentity: () => undefined``               ``sslmode=verify-ca``
 ``cert`` / ``key`` / ``passphrase``                    ``sslcert`` / ``sslkey`` / ``sslpassword``
 ``minVersion`` / ``maxVersion``                        ``ssl_min/max_protocol_version``
+verifying with an IP-address ``host``                  ``host=localhost hostaddr=<ip>``
 =====================================================  ==================================
+
+The last row is pg's quirk, measured: for an IP host pg passes no ``servername`` to
+``tls.connect``, so node checks the certificate against the name ``localhost``.
 
 PEM text is written to content-addressed 0600 files in a 0700 directory
 ``$TMPDIR/migrunner-<uid>/``; concurrent runners share them safely and nothing is left to
@@ -564,7 +568,23 @@ def conninfo_from(
         out.update(dialect_conninfo(dialect_options, source))
         if "ssl" in dialect_options:
             out.update(materialize(ssl_params(dialect_options["ssl"], source), environ))
+    if out.get("sslmode") == "verify-full" and _is_ip(out["host"]):
+        # pg gives node's TLS no server name for an IP host, so node checks the certificate
+        # against "localhost"; libpq does the same when told to dial the IP as "localhost"
+        out["hostaddr"] = out["host"]
+        out["host"] = "localhost"
+        out["sslsni"] = "0"
     return out
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def dialect_conninfo(options: Mapping[str, Any], source: str) -> dict[str, str]:

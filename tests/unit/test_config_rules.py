@@ -420,6 +420,17 @@ def test_ssl_mapping(ssl: Any, expected: dict[str, Any]) -> None:
     assert ssl_params(ssl, "s") == expected
 
 
+def test_verified_ip_host_is_checked_as_localhost_like_pg() -> None:
+    got = conninfo_from({**PG, "host": "10.0.0.5", "dialectOptions": {"ssl": {"ca": CA}}}, {}, "s")
+    assert (got["host"], got["hostaddr"], got["sslsni"]) == ("localhost", "10.0.0.5", "0")
+    named = conninfo_from({**PG, "host": "db.example", "dialectOptions": {"ssl": True}}, {}, "s")
+    assert named["host"] == "db.example" and "hostaddr" not in named
+    unverified = conninfo_from(
+        {**PG, "host": "10.0.0.5", "dialectOptions": {"ssl": "no-verify"}}, {}, "s"
+    )
+    assert unverified["host"] == "10.0.0.5" and "hostaddr" not in unverified
+
+
 def test_ssl_absent_leaves_libpq_default() -> None:
     assert "sslmode" not in conninfo_from({**PG, "dialectOptions": {}}, {}, "s")
 
