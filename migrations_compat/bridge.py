@@ -1,0 +1,663 @@
+"""The node bridge: Sequelize JS migrations, unmodified, with their SQL executed by Python.
+
+One ``node`` process per run (started on the first JS migration, reused after) loads the app's
+own ``sequelize`` and gives each migration a Sequelize instance whose pg ``dialectModule`` sends
+every query back over a socketpair. Python executes it on the runner's connection, inside the
+runner's transaction (see :mod:`migrations_compat.bridge_exec`), and replies with text values
+and type OIDs. The protocol has its own channel (an inherited socket); node's stdout and stderr
+carry only what migrations print, and are forwarded to the run log tagged with the migration.
+
+A migration can opt out of the runner's transaction (sequelize-cli semantics, e.g. for
+``CREATE INDEX CONCURRENTLY``) by exporting ``useTransaction: false`` next to ``up``/``down``::
+
+    module.exports = { useTransaction: false, async up(queryInterface) { ... } };
+
+:meth:`NodeBridge.wants_transaction` reads that flag so the migrator can choose the mode first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import socket
+import subprocess
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import psycopg
+from psycopg import pq
+
+from migrations_compat.bridge_exec import (
+    ExecutedStatement,
+    StatementError,
+    StatementExecutor,
+)
+from migrations_compat.bridge_sql import first_line
+from runner.errors import ConfigError, DatabaseUnavailable, MigrationFailed, MigrunnerError
+from runner.log import Log
+
+SHIM_DIR = Path(__file__).resolve().parent / "shim"
+BRIDGE_JS = SHIM_DIR / "bridge.js"
+#: The sequelize release the bridge is built and tested against (pinned in shim/package.json).
+SUPPORTED_SEQUELIZE_MAJOR = 6
+_STARTUP_TIMEOUT = 60.0
+_STOP_TIMEOUT = 3.0
+_STDERR_TAIL = 30
+
+Direction = Literal["up", "down"]
+
+
+@dataclass(frozen=True)
+class BridgeOptions:
+    """How to start the bridge.
+
+    ``search_dirs``: where the app's ``node_modules`` are looked for (walking up from each, as
+    node does); the shim's pinned copy is the fallback. ``sequelize_options``: JSON-able options
+    from the app's config entry (``define``, ``timezone``, ``quoteIdentifiers``...), never
+    credentials. ``env``: node's environment (None = inherit).
+    """
+
+    search_dirs: Sequence[Path | str] = ()
+    sequelize_options: Mapping[str, Any] = field(default_factory=dict)
+    env: Mapping[str, str] | None = None
+    node: str = "node"
+
+
+@dataclass
+class BridgeOutcome:
+    """What one ``up()``/``down()`` did."""
+
+    statements: list[ExecutedStatement]
+    sequelize_version: str
+    sequelize_path: str
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ResolvedPackages:
+    sequelize_dir: Path
+    pg_dir: Path
+    from_app: bool
+
+
+def _find_package(name: str, starts: Iterable[Path], exclude: Path | None) -> Path | None:
+    """``<dir>/node_modules/<name>`` for the nearest dir walking up from each start, like node."""
+    for start in starts:
+        for directory in (start, *start.parents):
+            if directory.name == "node_modules":
+                continue
+            candidate = directory / "node_modules" / name
+            if not (candidate / "package.json").is_file():
+                continue
+            if exclude is not None and candidate.resolve().is_relative_to(exclude):
+                continue
+            return candidate.resolve()
+    return None
+
+
+def resolve_packages(search_dirs: Sequence[Path | str]) -> ResolvedPackages:
+    """The app's own sequelize and pg when it has them, else the shim's pinned copies.
+
+    A second copy of sequelize silently changes defaults, so the app's always wins.
+    """
+    starts = [Path(d).resolve() for d in search_dirs]
+    shim_modules = (SHIM_DIR / "node_modules").resolve()
+    seq = _find_package("sequelize", starts, exclude=shim_modules)
+    from_app = seq is not None
+    if seq is None:
+        seq = _find_package("sequelize", [SHIM_DIR], exclude=None)
+    if seq is None:
+        raise ConfigError(
+            "sequelize not found: the app has no node_modules/sequelize (searched upwards from "
+            + ", ".join(str(s) for s in starts)
+            + ") and migrunner's shim is not installed (run: npm ci --prefix "
+            + str(SHIM_DIR)
+            + ")"
+        )
+    pg = _find_package("pg", starts, exclude=shim_modules) if from_app else None
+    if pg is None and from_app:
+        pg = _find_package("pg", [seq], exclude=shim_modules)
+    if pg is None:
+        pg = _find_package("pg", [SHIM_DIR], exclude=None)
+    if pg is None:
+        raise ConfigError(f"pg not found; run: npm ci --prefix {SHIM_DIR}")
+    return ResolvedPackages(seq, pg, from_app)
+
+
+class _NodeGone(Exception):
+    """The node process closed the protocol socket (it exited or crashed)."""
+
+
+class _NodeProcess:
+    """The node child: a socketpair for the protocol, pipes for what migrations print.
+
+    All I/O is multiplexed in one thread, so reading a big reply can never deadlock against
+    node blocking on a full stdout pipe, and printed lines reach the log in order.
+    """
+
+    def __init__(
+        self,
+        argv: list[str],
+        init: str,
+        env: Mapping[str, str],
+        on_output: Callable[[str, str], None],
+    ) -> None:
+        parent, child = socket.socketpair()
+        try:
+            self.proc = subprocess.Popen(
+                [*argv, str(child.fileno()), init],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=(child.fileno(),),
+                env=dict(env),
+            )
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self.sock = parent
+        self.sock.setblocking(False)
+        self._on_output = on_output
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self.sock, selectors.EVENT_READ, "proto")
+        self._streams: dict[str, Any] = {"stdout": self.proc.stdout, "stderr": self.proc.stderr}
+        for name, stream in self._streams.items():
+            os.set_blocking(stream.fileno(), False)
+            self._sel.register(stream, selectors.EVENT_READ, name)
+        self._inbuf = bytearray()
+        self._inbox: deque[dict[str, Any]] = deque()
+        self._outbuf = bytearray()
+        self._partial = {"stdout": b"", "stderr": b""}
+        self.stderr_tail: deque[str] = deque(maxlen=_STDERR_TAIL)
+        self._eof = False
+
+    def send(self, msg: Mapping[str, Any]) -> None:
+        data = json.dumps(msg, ensure_ascii=False, separators=(",", ":"), default=str)
+        self._outbuf += data.encode("utf-8") + b"\n"
+        self._pump(lambda: not self._outbuf)
+
+    def recv(self, timeout: float | None = None) -> dict[str, Any]:
+        self._pump(lambda: bool(self._inbox), timeout)
+        if not self._inbox:
+            raise TimeoutError
+        return self._inbox.popleft()
+
+    def pending(self) -> list[dict[str, Any]]:
+        """Messages already received and not yet consumed."""
+        out = list(self._inbox)
+        self._inbox.clear()
+        return out
+
+    def drain_output(self) -> None:
+        """Forward whatever node has printed so far (console.log to a pipe is synchronous)."""
+        self._pump(lambda: True, 0)
+        while self._sel.get_map() and any(key.data != "proto" for key, _ in self._sel.select(0)):
+            self._pump(lambda: True, 0)
+
+    def _pump(self, done: Callable[[], bool], timeout: float | None = None) -> None:
+        first = True
+        while first or not done():
+            first = False
+            if self._eof and not self._inbox:
+                raise _NodeGone
+            want = selectors.EVENT_READ | (selectors.EVENT_WRITE if self._outbuf else 0)
+            if not self._eof:
+                self._sel.modify(self.sock, want, "proto")
+            events = self._sel.select(timeout)
+            if not events and timeout is not None:
+                return
+            for key, mask in events:
+                if key.data == "proto":
+                    self._on_socket(mask)
+                else:
+                    self._on_stream(key.data)
+            if timeout == 0 and done():
+                return
+
+    def _on_socket(self, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE and self._outbuf:
+            try:
+                sent = self.sock.send(self._outbuf)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._mark_eof()
+                return
+            del self._outbuf[:sent]
+        if mask & selectors.EVENT_READ:
+            try:
+                data = self.sock.recv(1 << 16)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._mark_eof()
+                return
+            self._inbuf += data
+            while (nl := self._inbuf.find(b"\n")) >= 0:
+                line = bytes(self._inbuf[:nl])
+                del self._inbuf[: nl + 1]
+                if line:
+                    self._inbox.append(json.loads(line))
+
+    def _mark_eof(self) -> None:
+        self._eof = True
+        self._outbuf.clear()
+        self._sel.unregister(self.sock)
+
+    def _on_stream(self, name: str) -> None:
+        stream = self._streams[name]
+        try:
+            data = os.read(stream.fileno(), 1 << 16)
+        except BlockingIOError:
+            return
+        if not data:
+            self._sel.unregister(stream)
+            rest = self._partial[name]
+            self._partial[name] = b""
+            if rest:
+                self._emit(name, rest)
+            return
+        buf = self._partial[name] + data
+        *lines, self._partial[name] = buf.split(b"\n")
+        for line in lines:
+            self._emit(name, line)
+
+    def _emit(self, name: str, raw: bytes) -> None:
+        line = raw.decode("utf-8", "replace").rstrip("\r")
+        if name == "stderr":
+            self.stderr_tail.append(line)
+        self._on_output(name, line)
+
+    def finish_output(self, timeout: float) -> None:
+        """After node is gone: read its remaining output to EOF (for the stderr tail)."""
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        while any(key.data != "proto" for key in self._sel.get_map().values()):
+            for key, _ in self._sel.select(0.5) or []:
+                if key.data != "proto":
+                    self._on_stream(key.data)
+
+    def stop(self) -> list[dict[str, Any]]:
+        """Close the protocol socket (node exits on EOF); returns messages it sent last."""
+        leftover = self.pending()
+        if not self._eof:
+            try:
+                self.sock.shutdown(socket.SHUT_WR)
+                while True:
+                    leftover.append(self.recv(_STOP_TIMEOUT))
+            except (_NodeGone, TimeoutError, OSError):
+                pass
+        try:
+            self.proc.wait(_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.finish_output(0)
+        self._sel.close()
+        self.sock.close()
+        for stream in self._streams.values():
+            stream.close()
+        return leftover
+
+
+class _Secrets:
+    """Values that must never reach the log: passwords from the environment and connection."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.values: set[str] = set()
+        for key, value in env.items():
+            if not value:
+                continue
+            if "PASSWORD" in key.upper():
+                self.values.add(value)
+            elif "://" in value:
+                try:
+                    password = urlsplit(value).password
+                except ValueError:
+                    password = None
+                if password:
+                    self.values.add(password)
+
+    def add(self, value: str | None) -> None:
+        if value:
+            self.values.add(value)
+
+    def redact(self, text: str) -> str:
+        for secret in self.values:
+            if secret in text:
+                text = text.replace(secret, "***")
+        return text
+
+
+class NodeBridge:
+    """Runs JS migrations through one long-lived node process; see the module docstring.
+
+    Node is started lazily by the first :meth:`run` / :meth:`wants_transaction` (or early by
+    :meth:`prestart`, to overlap its ~0.2 s start-up with the runner's own work).
+    """
+
+    def __init__(self, options: BridgeOptions, log: Log) -> None:
+        self.options = options
+        self.log = log
+        self.sequelize_version = ""
+        self.sequelize_path = ""
+        env = os.environ if options.env is None else options.env
+        self._secrets = _Secrets(env)
+        self._node: _NodeProcess | None = None
+        self._ready = False
+        self._next_id = 0
+        self._current: str | None = None
+        self._late: list[dict[str, Any]] = []
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def prestart(self) -> None:
+        """Start node now without waiting for it; the first run then finds it warm."""
+        if self._node is None:
+            self._spawn()
+
+    def close(self) -> None:
+        """Stop node. Reports queries that migrations issued after they had finished."""
+        node, self._node = self._node, None
+        self._ready = False
+        if node is None:
+            return
+        for msg in node.stop():
+            if msg.get("t") == "late":
+                self._late.append(msg)
+        for msg in self._late:
+            self.log.error(self._late_message(msg) + " (it was not executed)")
+        self._late.clear()
+
+    def __enter__(self) -> NodeBridge:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _spawn(self) -> _NodeProcess:
+        packages = resolve_packages(self.options.search_dirs)
+        env = dict(os.environ if self.options.env is None else self.options.env)
+        # A migration's own require('sequelize') must find the copy the bridge uses, also when
+        # only the shim has one; NODE_PATH is searched after the app's node_modules.
+        node_path = [str(packages.sequelize_dir.parent)]
+        if env.get("NODE_PATH"):
+            node_path.append(env["NODE_PATH"])
+        env["NODE_PATH"] = os.pathsep.join(node_path)
+        init = json.dumps(
+            {
+                "sequelizeDir": str(packages.sequelize_dir),
+                "pgDir": str(packages.pg_dir),
+                "sequelizeOptions": dict(self.options.sequelize_options),
+            }
+        )
+        try:
+            self._node = _NodeProcess([self.options.node, str(BRIDGE_JS)], init, env, self._forward)
+        except FileNotFoundError as exc:
+            raise ConfigError(
+                f"node not found ({self.options.node!r}): JS migrations need Node.js"
+            ) from exc
+        return self._node
+
+    def _started(self) -> _NodeProcess:
+        node = self._node or self._spawn()
+        if self._ready:
+            return node
+        try:
+            msg = node.recv(_STARTUP_TIMEOUT)
+        except (_NodeGone, TimeoutError) as exc:
+            tail = self._tail(node, exc)
+            self.close()
+            raise ConfigError(f"the node bridge failed to start: {tail}") from None
+        if msg.get("t") != "ready":
+            self.close()
+            raise ConfigError(f"the node bridge sent {msg.get('t')!r} before 'ready'")
+        self._ready = True
+        self.sequelize_version = str(msg.get("version", ""))
+        self.sequelize_path = str(msg.get("path", ""))
+        self.log.info(
+            f"using sequelize {self.sequelize_version} from {self.sequelize_path}",
+            sequelize_version=self.sequelize_version,
+            sequelize_path=self.sequelize_path,
+        )
+        major = self.sequelize_version.split(".", 1)[0]
+        if major != str(SUPPORTED_SEQUELIZE_MAJOR):
+            self.log.warn(
+                f"sequelize {self.sequelize_version} is not {SUPPORTED_SEQUELIZE_MAJOR}.x; "
+                "the bridge is tested with 6.37.8"
+            )
+        return node
+
+    # -- the two operations ------------------------------------------------------------------
+
+    def wants_transaction(self, path: Path | str) -> bool | None:
+        """The migration's ``useTransaction`` export: False = run outside a transaction.
+
+        None when it does not declare one. Loads the module (and so may start node).
+        """
+        path = Path(path).resolve()
+        node = self._started()
+        self._next_id += 1
+        request_id = self._next_id
+        try:
+            node.send({"t": "meta", "id": request_id, "path": str(path)})
+            while True:
+                msg = node.recv()
+                if msg.get("t") == "meta" and msg.get("id") == request_id:
+                    break
+                self._stray(node, msg)
+        except _NodeGone as exc:
+            tail = self._tail(node, exc)
+            self.close()
+            raise MigrationFailed(f"{path.name}: the node bridge died: {tail}") from None
+        except BaseException:
+            self.close()
+            raise
+        if msg.get("err"):
+            raise MigrationFailed(self._js_failure(path.name, None, msg["err"]))
+        flag = msg.get("useTransaction")
+        return None if flag is None else bool(flag)
+
+    def run(
+        self,
+        path: Path | str,
+        direction: Direction,
+        conn: psycopg.Connection[Any],
+        transactional: bool = True,
+        dry_run: bool = False,
+    ) -> BridgeOutcome:
+        """Run ``up`` or ``down`` of one JS migration on ``conn`` (autocommit mode).
+
+        transactional: the caller has executed BEGIN and will COMMIT / ROLLBACK; the bridge
+        never ends that transaction. dry_run implies transactional, and skips (recording them)
+        statements that cannot run inside a transaction. Raises MigrationFailed (with
+        ``.sqlstate`` when a statement failed) or DatabaseUnavailable.
+        """
+        if direction not in ("up", "down"):
+            raise ValueError(f"direction must be 'up' or 'down', not {direction!r}")
+        path = Path(path).resolve()
+        name = path.name
+        in_transaction = transactional or dry_run
+        self._secrets.add(conn.info.password)
+        self._check_session(conn, in_transaction)
+        node = self._started()
+        if self._late:
+            late = self._late.pop(0)
+            raise MigrationFailed(self._late_message(late) + " (it was not executed)")
+        executor = StatementExecutor(conn, transactional=transactional, dry_run=dry_run)
+        self._next_id += 1
+        run_id = self._next_id
+        self._current = name
+        try:
+            node.send(
+                {
+                    "t": "run",
+                    "id": run_id,
+                    "path": str(path),
+                    "dir": direction,
+                    "sv": conn.info.parameter_status("server_version") or "",
+                    "dbv": _semver(conn.info.server_version),
+                }
+            )
+            while True:
+                msg = node.recv()
+                kind = msg.get("t")
+                if kind == "q":
+                    reply = executor.execute(int(msg.get("c", 0)), msg["sql"], msg.get("p"))
+                    reply["t"] = "r"
+                    reply["id"] = msg["id"]
+                    node.send(reply)
+                elif kind == "done" and msg.get("id") == run_id:
+                    break
+                else:
+                    self._stray(node, msg)
+            node.drain_output()
+            problem = executor.finish()
+        except _NodeGone as exc:
+            tail = self._tail(node, exc)
+            self.close()
+            raise MigrationFailed(f"{name} ({direction}): node exited: {tail}") from None
+        except BaseException:
+            # Lost connection, interrupt, protocol error: node's state is unknown; a later run
+            # starts a fresh one.
+            self.close()
+            raise
+        finally:
+            self._current = None
+        for warning in executor.warnings:
+            self.log.warn(f"{name}: {warning}", migration=name)
+        sticky = executor.non_transactional_error
+        if sticky is not None:
+            raise self._statement_failure(name, direction, sticky)
+        if not msg.get("ok"):
+            err = msg.get("err") or {}
+            raise MigrationFailed(
+                self._js_failure(name, direction, err), sqlstate=err.get("code") or None
+            )
+        stragglers = [*msg.get("running", []), *msg.get("late", [])]
+        if stragglers:
+            raise MigrationFailed(
+                self._secrets.redact(
+                    f"{name} ({direction}): query issued after {direction}() resolved: "
+                    f"{first_line(str(stragglers[0]))} — missing await?"
+                )
+            )
+        if problem is not None:
+            raise MigrationFailed(self._secrets.redact(f"{name} ({direction}): {problem}"))
+        return BridgeOutcome(
+            statements=executor.statements,
+            sequelize_version=self.sequelize_version,
+            sequelize_path=self.sequelize_path,
+            warnings=list(executor.warnings),
+        )
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_session(conn: psycopg.Connection[Any], in_transaction: bool) -> None:
+        if conn.closed or conn.broken:
+            raise DatabaseUnavailable("the database connection is closed")
+        if not conn.autocommit:
+            raise MigrunnerError("the bridge needs a connection in autocommit mode")
+        status = conn.info.transaction_status
+        if in_transaction and status != pq.TransactionStatus.INTRANS:
+            raise MigrunnerError("transactional bridge run without an open transaction (BEGIN)")
+        if not in_transaction and status != pq.TransactionStatus.IDLE:
+            raise MigrunnerError("non-transactional bridge run inside a transaction")
+
+    def _stray(self, node: _NodeProcess, msg: Mapping[str, Any]) -> None:
+        """A message that belongs to no current request."""
+        if msg.get("t") == "late":
+            self._late.append(dict(msg))
+        elif msg.get("t") == "q":
+            # Cannot happen (node refuses queries outside a run), but never leave it waiting.
+            error = {"message": "query outside any migration run", "code": None}
+            node.send({"t": "r", "id": msg.get("id"), "e": error})
+
+    def _forward(self, stream: str, line: str) -> None:
+        tag = self._current or "node"
+        self.log.info(f"[{tag}] {self._secrets.redact(line)}", migration=tag, stream=stream)
+
+    def _tail(self, node: _NodeProcess, exc: BaseException) -> str:
+        if isinstance(exc, TimeoutError):
+            return f"no answer within {_STARTUP_TIMEOUT:.0f}s"
+        node.finish_output(_STOP_TIMEOUT)
+        code = node.proc.returncode
+        tail = " | ".join(line for line in node.stderr_tail if line.strip())
+        return self._secrets.redact(f"exit code {code}" + (f": {tail}" if tail else ""))
+
+    def _late_message(self, msg: Mapping[str, Any]) -> str:
+        name = Path(str(msg.get("file", "?"))).name
+        direction = msg.get("dir", "up")
+        return self._secrets.redact(
+            f"{name} ({direction}): query issued after {direction}() resolved: "
+            f"{first_line(str(msg.get('sql', '')))} — missing await?"
+        )
+
+    def _statement_failure(self, name: str, direction: str, err: StatementError) -> MigrationFailed:
+        text = f"{name} ({direction}): {err.message}"
+        if err.sqlstate:
+            text += f" [SQLSTATE {err.sqlstate}]"
+        if err.sql:
+            text += f" in: {first_line(err.sql)}"
+        return MigrationFailed(self._secrets.redact(text), sqlstate=err.sqlstate)
+
+    def _js_failure(self, name: str, direction: str | None, err: Mapping[str, Any]) -> str:
+        where = f"{name} ({direction})" if direction else name
+        message = str(err.get("message") or "")
+        kind = err.get("kind")
+        error_name = str(err.get("name") or "Error")
+        if kind == "syntax":
+            location = f"{Path(str(err.get('file') or name)).name}:{err.get('line')}"
+            text = f"{where}: {error_name}: {message} at {location}"
+        else:
+            generic = error_name in ("Error", "error") or err.get("code") or kind != "exception"
+            text = f"{where}: {message if generic else f'{error_name}: {message}'}"
+            if err.get("detail"):
+                text += f" ({err['detail']})"
+            if err.get("code"):
+                text += f" [SQLSTATE {err['code']}]"
+            if err.get("sql"):
+                text += f" in: {first_line(str(err['sql']))}"
+            elif err.get("line") and kind == "exception":
+                text += f" at {name}:{err['line']}"
+        return self._secrets.redact(" ".join(text.split("\n")))
+
+
+def _semver(server_version: int) -> str:
+    """libpq's integer server version as the semver Sequelize wants (150013 -> 15.13.0)."""
+    major, minor = divmod(server_version, 10000)
+    if major < 10:  # 9.6.24 is 90624
+        major, rest = divmod(server_version, 10000)
+        minor, patch = divmod(rest, 100)
+        return f"{major}.{minor}.{patch}"
+    return f"{major}.{minor}.0"
+
+
+__all__ = [
+    "BridgeOptions",
+    "BridgeOutcome",
+    "ExecutedStatement",
+    "NodeBridge",
+    "ResolvedPackages",
+    "resolve_packages",
+]

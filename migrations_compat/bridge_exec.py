@@ -1,0 +1,535 @@
+"""Executes a JS migration's statements on the runner's psycopg connection.
+
+One :class:`StatementExecutor` serves one ``up()``/``down()``. Every Sequelize connection of the
+migration shares the runner's single session, so this is where a migration's idea of
+transactions is mapped onto the runner's:
+
+* transactional mode (the runner has done ``BEGIN``): the migration's ``BEGIN`` / ``COMMIT`` /
+  ``ROLLBACK`` become ``SAVEPOINT`` / ``RELEASE`` / ``ROLLBACK TO``; every other statement runs
+  inside its own savepoint, so an error the migration catches (try/catch idempotency) leaves the
+  runner's transaction usable, while a statement that fails inside the migration's own
+  transaction marks that transaction aborted, as PostgreSQL would; session ``SET``\\ s become
+  ``SET LOCAL`` so nothing leaks past the runner's ``COMMIT``;
+* non-transactional mode (sequelize-cli semantics, for ``CREATE INDEX CONCURRENTLY`` and
+  friends): statements run as sent, in autocommit, and session settings the migration changed
+  are restored afterwards.
+
+Results are returned as the server's text values plus type OIDs; the JS side parses them with
+Sequelize's own type parsers.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import pq
+
+from migrations_compat.bridge_sql import (
+    LABEL_NON_TRANSACTIONAL,
+    LABEL_STATEMENT,
+    LABEL_TRANSACTION_CONTROL,
+    Kind,
+    Piece,
+    analyze,
+    make_local,
+)
+from runner.errors import DatabaseUnavailable
+
+#: Savepoint wrapped around each statement in transactional mode.
+STATEMENT_SAVEPOINT = "migrunner_stmt"
+_WRAP_HEAD = f"SAVEPOINT {STATEMENT_SAVEPOINT};\n"
+_WRAP_TAIL = f"\n;RELEASE SAVEPOINT {STATEMENT_SAVEPOINT}"
+_UNWRAP = f"ROLLBACK TO SAVEPOINT {STATEMENT_SAVEPOINT}; RELEASE SAVEPOINT {STATEMENT_SAVEPOINT}"
+
+#: SQLSTATEs that mean "this cannot run inside a transaction block". They never happen under
+#: sequelize-cli (autocommit), so a migration that met one is re-run outside a transaction even
+#: if its code caught the error.
+NON_TRANSACTIONAL_SQLSTATES = frozenset({"25001", "55P04"})
+
+_ERROR_FIELDS = {
+    "severity": "severity_nonlocalized",
+    "detail": "message_detail",
+    "hint": "message_hint",
+    "position": "statement_position",
+    "internalPosition": "internal_position",
+    "internalQuery": "internal_query",
+    "where": "context",
+    "schema": "schema_name",
+    "table": "table_name",
+    "column": "column_name",
+    "dataType": "datatype_name",
+    "constraint": "constraint_name",
+    "file": "source_file",
+    "line": "source_line",
+    "routine": "source_function",
+}
+
+
+@dataclass(frozen=True)
+class ExecutedStatement:
+    """A statement the migration issued, as recorded for logs and dry-run plans."""
+
+    sql: str
+    params: tuple[Any, ...] | None
+    label: str
+    sqlstate: str | None = None  # set when the statement failed
+    executed_as: str | None = None  # what was sent instead (SAVEPOINT for BEGIN, SET LOCAL...)
+
+
+@dataclass(frozen=True)
+class StatementError:
+    """A failed statement, in the shape of a pg ``DatabaseError``."""
+
+    message: str
+    sqlstate: str | None
+    sql: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def payload(self) -> dict[str, Any]:
+        return {"message": self.message, "code": self.sqlstate, **self.fields}
+
+
+@dataclass
+class _Frame:
+    """An open transaction or savepoint of the migration, on the session's savepoint stack."""
+
+    client: int
+    name: str
+    is_transaction: bool  # True: mapped BEGIN; False: the migration's own SAVEPOINT
+    aborted: bool = False
+
+
+class StatementExecutor:
+    """Runs one migration's statements; see the module docstring for the two modes."""
+
+    def __init__(self, conn: psycopg.Connection[Any], *, transactional: bool, dry_run: bool):
+        self.conn = conn
+        self.transactional = transactional or dry_run
+        self.dry_run = dry_run
+        self.statements: list[ExecutedStatement] = []
+        self.warnings: list[str] = []
+        #: First 25001/55P04 met in a real transactional run (even if the migration caught it).
+        self.non_transactional_error: StatementError | None = None
+        self.last_error: StatementError | None = None
+        self._frames: list[_Frame] = []
+        self._saved_settings: dict[str, str | None] = {}
+        self._tx_counter = 0
+        self._encoding = conn.info.encoding
+
+    # -- entry point -------------------------------------------------------------------------
+
+    def execute(self, client: int, sql: str, params: Sequence[Any] | None) -> dict[str, Any]:
+        """Execute one query of client ``client``; returns the reply for the JS side."""
+        values = _decode_params(params)
+        try:
+            if self.transactional:
+                results = self._execute_transactional(client, sql, values)
+            else:
+                results = self._execute_autocommit(sql, values)
+        except StatementFailure as failure:
+            self.last_error = failure.error
+            return {"e": failure.error.payload()}
+        return {"r": results}
+
+    def finish(self) -> str | None:
+        """Leave the session as the runner expects; returns what the migration did wrong.
+
+        Non-transactional mode rolls back a transaction the migration left open and restores
+        session settings it changed. Transactional mode checks the migration closed its own
+        transactions and the runner's transaction is still usable.
+        """
+        self._check_connection()
+        status = self.conn.info.transaction_status
+        if self.transactional:
+            open_tx = any(f.is_transaction for f in self._frames)
+            self._frames.clear()
+            if status == pq.TransactionStatus.INTRANS:
+                self._restore_settings()
+            if open_tx:
+                return (
+                    "a transaction the migration started was never committed or rolled back "
+                    "(missing await on commit()?)"
+                )
+            if status != pq.TransactionStatus.INTRANS:
+                return "the runner's transaction is no longer usable"
+            return None
+        left_open = status in (pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR)
+        if left_open:
+            self._run_control("ROLLBACK")
+        self._restore_settings()
+        return "the migration left a transaction open; it was rolled back" if left_open else None
+
+    # -- transactional mode ------------------------------------------------------------------
+
+    def _execute_transactional(
+        self, client: int, sql: str, values: list[Any] | None
+    ) -> list[dict[str, Any]]:
+        pieces = analyze(sql)
+        frame = self._client_transaction(client)
+        if frame is not None and frame.aborted and not _recovers(pieces[0]):
+            err = StatementError(
+                "current transaction is aborted, commands ignored until end of transaction block",
+                "25P02",
+                sql,
+            )
+            self._record(sql, values, pieces[0].label, err.sqlstate)
+            raise StatementFailure(err)
+        self._save_settings(pieces)
+        groups = list(_groups(pieces))
+        if len(groups) == 1 and not groups[0][0].kind.is_transaction_control:
+            return self._run_batch(client, sql, pieces, values)
+        results: list[dict[str, Any]] = []
+        for group in groups:
+            if group[0].kind.is_transaction_control:
+                results.append(self._transaction_control(client, group[0]))
+            else:
+                results.extend(self._run_batch(client, None, group, values))
+        return results
+
+    def _run_batch(
+        self, client: int, sql: str | None, pieces: list[Piece], values: list[Any] | None
+    ) -> list[dict[str, Any]]:
+        """Run plain statements (and rewritten SETs) as one string inside one savepoint."""
+        parts: list[str] = []
+        synthetic: dict[int, dict[str, Any]] = {}
+        rewritten = False
+        for i, piece in enumerate(pieces):
+            if piece.kind is Kind.SET:
+                local = make_local(piece)
+                if local is None:
+                    self._warn(f"could not make this setting transaction-local: {piece.text}")
+                    parts.append(piece.text)
+                else:
+                    parts.append(local)
+                    rewritten = True
+            elif piece.kind is Kind.RESET_ALL:
+                self._warn("RESET ALL skipped: it would reset the runner's own settings")
+                synthetic[i] = _empty_result(piece.command)
+                rewritten = True
+            else:
+                parts.append(piece.text)
+        original = sql if sql is not None else ";\n".join(p.text for p in pieces)
+        text = original if not rewritten else ";\n".join(parts)
+        label = _batch_label(pieces)
+        executed_as = text if rewritten else None
+        if not parts:
+            self._record(original, values, label, executed_as=executed_as)
+            return [synthetic[i] for i in sorted(synthetic)]
+        try:
+            results = self._run_wrapped(text, values)
+        except StatementFailure as failure:
+            err = failure.error
+            if self.dry_run and err.sqlstate in NON_TRANSACTIONAL_SQLSTATES:
+                self._record(original, values, LABEL_NON_TRANSACTIONAL, err.sqlstate)
+                return [_empty_result("") for _ in pieces]
+            if err.sqlstate in NON_TRANSACTIONAL_SQLSTATES and self.non_transactional_error is None:
+                self.non_transactional_error = err
+            frame = self._client_transaction(client)
+            if frame is not None:
+                frame.aborted = True
+            self._record(original, values, label, err.sqlstate, executed_as)
+            failed = StatementError(err.message, err.sqlstate, original, err.fields)
+            raise StatementFailure(failed) from None
+        self._record(original, values, label, executed_as=executed_as)
+        for i in sorted(synthetic):
+            results.insert(i, synthetic[i])
+        return results
+
+    def _run_wrapped(self, text: str, values: list[Any] | None) -> list[dict[str, Any]]:
+        cur = psycopg.RawCursor(self.conn)
+        try:
+            if values is None:
+                # One round trip: the savepoint travels in the same simple-protocol string.
+                cur.execute(_WRAP_HEAD + text + _WRAP_TAIL, prepare=False)
+                results = list(_collect(cur, self._encoding))[1:-1]
+                return results or [_empty_result("")]
+            with self.conn.pipeline():
+                self.conn.execute(f"SAVEPOINT {STATEMENT_SAVEPOINT}", prepare=False)
+                cur.execute(text, values, prepare=False)
+                self.conn.execute(f"RELEASE SAVEPOINT {STATEMENT_SAVEPOINT}", prepare=False)
+            return list(_collect(cur, self._encoding))
+        except psycopg.Error as exc:
+            self._check_connection(exc)
+            self._run_control(_UNWRAP)
+            offset = len(_WRAP_HEAD) if values is None else 0
+            raise StatementFailure(_statement_error(exc, text, offset)) from None
+
+    def _transaction_control(self, client: int, piece: Piece) -> dict[str, Any]:
+        """Map the migration's transaction control onto savepoints of the runner's transaction."""
+        executed: str | None = None
+        command = piece.command
+        error: StatementError | None = None
+        if piece.kind is Kind.BEGIN:
+            # A second BEGIN on the same connection is a no-op (PostgreSQL only warns).
+            if self._client_transaction(client) is None:
+                self._tx_counter += 1
+                name = f"migrunner_tx_{self._tx_counter}"
+                executed = f"SAVEPOINT {name}"
+                self._run_control(executed)
+                self._frames.append(_Frame(client, name, is_transaction=True))
+            lowered = piece.text.lower()
+            if "isolation" in lowered or "read only" in lowered or "deferrable" in lowered:
+                self._warn(
+                    f"transaction options ignored inside the runner's transaction: {piece.text}"
+                )
+        elif piece.kind in (Kind.COMMIT, Kind.ROLLBACK):
+            tx = self._client_transaction(client)
+            if tx is not None:
+                rollback = piece.kind is Kind.ROLLBACK or tx.aborted
+                executed = (
+                    f"ROLLBACK TO SAVEPOINT {tx.name}; RELEASE SAVEPOINT {tx.name}"
+                    if rollback
+                    else f"RELEASE SAVEPOINT {tx.name}"
+                )
+                command = "ROLLBACK" if rollback else "COMMIT"
+                self._run_control(executed)
+                self._pop_to(tx, keep=False)
+        elif piece.kind is Kind.SET_TRANSACTION:
+            self._warn(f"skipped inside the runner's transaction: {piece.text}")
+        elif piece.kind is Kind.SAVEPOINT:
+            if self._client_transaction(client) is None:
+                error = StatementError(
+                    "SAVEPOINT can only be used in transaction blocks", "25P01", piece.text
+                )
+            else:
+                executed = piece.text
+                self._run_control(executed)
+                self._frames.append(_Frame(client, piece.savepoint or "", is_transaction=False))
+        else:  # RELEASE / ROLLBACK TO a savepoint of the migration
+            target = self._find_savepoint(client, piece.savepoint)
+            if target is None:
+                error = StatementError(
+                    f'savepoint "{piece.savepoint}" does not exist', "3B001", piece.text
+                )
+            else:
+                executed = piece.text
+                self._run_control(executed)
+                keep = piece.kind is Kind.ROLLBACK_TO
+                self._pop_to(target, keep=keep)
+                tx = self._client_transaction(client)
+                if keep and tx is not None:
+                    tx.aborted = False
+        self._record(
+            piece.text,
+            None,
+            LABEL_TRANSACTION_CONTROL,
+            error.sqlstate if error else None,
+            executed if executed != piece.text else None,
+        )
+        if error is not None:
+            raise StatementFailure(error)
+        return _empty_result(command)
+
+    def _client_transaction(self, client: int) -> _Frame | None:
+        for frame in self._frames:
+            if frame.client == client and frame.is_transaction:
+                return frame
+        return None
+
+    def _find_savepoint(self, client: int, name: str | None) -> _Frame | None:
+        for frame in reversed(self._frames):
+            if frame.client == client and not frame.is_transaction and frame.name == name:
+                return frame
+        return None
+
+    def _pop_to(self, frame: _Frame, *, keep: bool) -> None:
+        index = next(i for i, f in enumerate(self._frames) if f is frame)
+        dropped = self._frames[index + 1 :]
+        if any(f.client != frame.client and f.is_transaction for f in dropped):
+            self._warn("interleaved transactions of the migration ended together")
+        del self._frames[index + (1 if keep else 0) :]
+
+    # -- non-transactional mode --------------------------------------------------------------
+
+    def _execute_autocommit(self, sql: str, values: list[Any] | None) -> list[dict[str, Any]]:
+        pieces = analyze(sql)
+        self._save_settings(pieces)
+        if any(piece.kind is Kind.RESET_ALL for piece in pieces):
+            self._warn("RESET ALL in a non-transactional migration resets the runner's settings")
+        label = _batch_label(pieces)
+        cur = psycopg.RawCursor(self.conn)
+        try:
+            cur.execute(sql, values, prepare=False)
+            results = list(_collect(cur, self._encoding)) or [_empty_result("")]
+        except psycopg.Error as exc:
+            self._check_connection(exc)
+            err = _statement_error(exc, sql, 0)
+            self._record(sql, values, label, err.sqlstate)
+            raise StatementFailure(err) from None
+        self._record(sql, values, label)
+        return results
+
+    def _save_settings(self, pieces: list[Piece]) -> None:
+        """Remember the values of settings a statement is about to change (first time only).
+
+        They are put back by :meth:`finish`, so neither Sequelize's connection set-up nor the
+        migration's own SETs reach the runner's statements that follow (SequelizeMeta, history).
+        """
+        kinds = (Kind.SET, Kind.SET_LOCAL) if self.transactional else (Kind.SET,)
+        names: list[str] = []
+        for piece in pieces:
+            guc = piece.guc
+            if piece.kind in kinds and guc and guc not in self._saved_settings and guc not in names:
+                names.append(guc)
+        if not names:
+            return
+        query = "SELECT " + ", ".join("current_setting(%s, true)" for _ in names)
+        try:
+            row = self.conn.execute(query, names, prepare=False).fetchone()
+        except psycopg.Error as exc:
+            self._check_connection(exc)
+            return
+        if row is not None:
+            self._saved_settings.update(zip(names, row, strict=True))
+
+    def _restore_settings(self) -> None:
+        if not self._saved_settings:
+            return
+        names = list(self._saved_settings)
+        values = [self._saved_settings[n] or "" for n in names]
+        local = "true" if self.transactional else "false"
+        query = "SELECT " + ", ".join(f"set_config(%s, %s, {local})" for _ in names)
+        params = [x for pair in zip(names, values, strict=True) for x in pair]
+        try:
+            self.conn.execute(query, params, prepare=False)
+        except psycopg.Error as exc:
+            self._check_connection(exc)
+            self._warn(f"could not restore settings {', '.join(names)}: {_one_line(exc)}")
+        self._saved_settings.clear()
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _run_control(self, sql: str) -> None:
+        try:
+            self.conn.execute(sql, prepare=False)
+        except psycopg.Error as exc:
+            self._check_connection(exc)
+            raise StatementFailure(_statement_error(exc, sql, 0)) from None
+
+    def _check_connection(self, exc: BaseException | None = None) -> None:
+        if self.conn.closed or self.conn.broken:
+            raise DatabaseUnavailable(f"lost the database connection: {_one_line(exc)}") from exc
+
+    def _record(
+        self,
+        sql: str,
+        values: list[Any] | None,
+        label: str,
+        sqlstate: str | None = None,
+        executed_as: str | None = None,
+    ) -> None:
+        params = None if values is None else tuple(values)
+        self.statements.append(ExecutedStatement(sql, params, label, sqlstate, executed_as))
+
+    def _warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+
+class StatementFailure(Exception):
+    """A statement failed; ``error`` goes back to the migration as a pg DatabaseError."""
+
+    def __init__(self, error: StatementError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def _recovers(piece: Piece) -> bool:
+    return piece.kind in (Kind.ROLLBACK, Kind.COMMIT, Kind.ROLLBACK_TO)
+
+
+def _groups(pieces: list[Piece]) -> Iterator[list[Piece]]:
+    """Runs of ordinary statements, with each transaction-control statement on its own."""
+    batch: list[Piece] = []
+    for piece in pieces:
+        if piece.kind.is_transaction_control:
+            if batch:
+                yield batch
+                batch = []
+            yield [piece]
+        else:
+            batch.append(piece)
+    if batch:
+        yield batch
+
+
+def _batch_label(pieces: list[Piece]) -> str:
+    labels = {p.label for p in pieces}
+    if len(labels) == 1:
+        return labels.pop()
+    return LABEL_STATEMENT
+
+
+def _decode_params(params: Sequence[Any] | None) -> list[Any] | None:
+    if not params:
+        return None
+    out: list[Any] = []
+    for p in params:
+        if isinstance(p, dict) and "b" in p:
+            out.append(base64.b64decode(p["b"]))
+        else:
+            out.append(p)
+    return out
+
+
+def _collect(cur: psycopg.RawCursor[Any], encoding: str) -> Iterator[dict[str, Any]]:
+    """Every result of the last execute, as {c: command tag, f: [[name, oid]], rows: [[text]]}."""
+    while True:
+        res = cur.pgresult
+        if res is not None:
+            yield _result_payload(res, encoding)
+        if not cur.nextset():
+            return
+
+
+def _result_payload(res: pq.abc.PGresult, encoding: str) -> dict[str, Any]:
+    nfields = res.nfields
+    fields = [[(res.fname(i) or b"").decode(encoding), res.ftype(i)] for i in range(nfields)]
+    rows = []
+    get = res.get_value
+    for r in range(res.ntuples):
+        row = []
+        for c in range(nfields):
+            v = get(r, c)
+            row.append(None if v is None else v.decode(encoding, "replace"))
+        rows.append(row)
+    tag = res.command_status
+    return {"c": tag.decode(encoding) if tag else "", "f": fields, "rows": rows}
+
+
+def _empty_result(command: str) -> dict[str, Any]:
+    return {"c": command, "f": [], "rows": []}
+
+
+def _statement_error(exc: psycopg.Error, sql: str, offset: int) -> StatementError:
+    diag = exc.diag
+    fields: dict[str, Any] = {}
+    for js_name, diag_name in _ERROR_FIELDS.items():
+        value = getattr(diag, diag_name, None)
+        if value is not None:
+            fields[js_name] = value
+    if "position" in fields and offset:
+        with contextlib.suppress(ValueError):
+            fields["position"] = str(max(1, int(fields["position"]) - offset))
+    message = diag.message_primary or _one_line(exc)
+    return StatementError(message, exc.sqlstate, sql, fields)
+
+
+def _one_line(exc: BaseException | None) -> str:
+    if exc is None:
+        return "connection closed"
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+__all__ = [
+    "NON_TRANSACTIONAL_SQLSTATES",
+    "ExecutedStatement",
+    "StatementError",
+    "StatementExecutor",
+    "StatementFailure",
+]

@@ -1,0 +1,318 @@
+'use strict';
+/**
+ * migrunner's node bridge: runs unmodified Sequelize migrations while the Python runner executes
+ * every statement they issue on its own connection, inside its own transaction.
+ *
+ * Started once per run by migrations_compat/bridge.py as
+ *   node bridge.js <protocol-fd> <init-json>
+ * The protocol is JSON lines over the socket on <protocol-fd>, never stdout: migrations print to
+ * stdout/stderr, and the runner forwards those lines to its log.
+ *
+ * Python -> node: {t:'run', id, path, dir, sv, dbv}   run up()/down() of one migration file
+ *                 {t:'meta', id, path}                  read a file's `useTransaction` flag
+ *                 {t:'r', id, r|e}                      result (or error) of query `id`
+ * node -> Python: {t:'ready', version, path, pgPath}  once sequelize is loaded
+ *                 {t:'q', id, c, sql, p}               execute a statement (client c, params p)
+ *                 {t:'done', id, ok, err, running, late}
+ *                 {t:'meta', id, useTransaction, err}
+ *                 {t:'late', file, dir, sql}           a query after its migration finished
+ */
+const net = require('net');
+const path = require('path');
+const { pathToFileURL } = require('url');
+const { createPgShim } = require('./pg-shim');
+
+const PROTOCOL_FD = Number(process.argv[2]);
+const INIT = JSON.parse(process.argv[3]);
+
+// Resolved by the Python side (app's node_modules first, shim's as fallback); NODE_PATH points
+// at the same node_modules so a migration's own require('sequelize') gets this very copy.
+const Sequelize = require(INIT.sequelizeDir);
+const realPg = require(INIT.pgDir);
+const pgMainPath = require.resolve(INIT.pgDir);
+
+// How many event-loop turns without a new query must pass after up()/down() settles before
+// the migration is considered finished; queries issued later are rejected and reported.
+const SETTLE_QUIET_TURNS = 3;
+const SETTLE_MAX_TURNS = 50;
+
+/** Line-oriented JSON transport on the inherited socket. */
+class Channel {
+  constructor(fd, onMessage) {
+    this.sock = new net.Socket({ fd, readable: true, writable: true });
+    this.sock.setEncoding('utf8');
+    let buf = '';
+    this.sock.on('data', (chunk) => {
+      buf += chunk;
+      let nl;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        if (line) onMessage(JSON.parse(line));
+      }
+    });
+    // The runner closed its end (finished, or died): nothing left to do.
+    this.sock.on('end', () => process.exit(0));
+    this.sock.on('error', () => process.exit(0));
+  }
+
+  send(msg) {
+    this.sock.write(JSON.stringify(msg) + '\n');
+  }
+}
+
+/** One migration's up()/down(): its own Sequelize instance, clients and query bookkeeping. */
+class Run {
+  constructor(bridge, msg) {
+    this.bridge = bridge;
+    this.id = msg.id;
+    this.file = msg.path;
+    this.dir = msg.dir;
+    this.serverVersionText = msg.sv;
+    this.state = 'running'; // -> 'settling' -> 'closed'
+    this.inflight = new Map();
+    this.late = [];
+    this.asyncErrors = [];
+  }
+
+  request(msg) {
+    if (this.state !== 'running') return Promise.reject(this.lateError(msg.sql));
+    return new Promise((resolve, reject) => {
+      const id = this.bridge.nextQueryId++;
+      this.inflight.set(id, msg.sql);
+      this.bridge.pending.set(id, (reply) => {
+        this.inflight.delete(id);
+        resolve(reply);
+      });
+      try {
+        this.bridge.channel.send({ ...msg, id });
+      } catch (e) {
+        this.inflight.delete(id);
+        this.bridge.pending.delete(id);
+        reject(e);
+      }
+    });
+  }
+
+  lateError(sql) {
+    const text = typeof sql === 'string' ? sql : String(sql && sql.query ? sql.query : sql);
+    if (this.state === 'closed') {
+      this.bridge.channel.send({ t: 'late', file: this.file, dir: this.dir, sql: text });
+    } else {
+      this.late.push(text);
+    }
+    return new Error(
+      `query issued after ${this.dir}() resolved: ${text.split('\n')[0].slice(0, 200)} — missing await?`,
+    );
+  }
+
+  clientOpened() {
+    return this.state === 'running' ? null : this.lateError('(new connection)');
+  }
+
+  serverVersion() {
+    return this.serverVersionText;
+  }
+}
+
+/** Sequelize options from the app's config, minus anything about reaching the database. */
+function sequelizeOptions(base, pgShim, dbVersion) {
+  const opts = { ...base };
+  for (const key of [
+    'host', 'port', 'username', 'password', 'database', 'url', 'use_env_variable', 'replication',
+    'dialectModule', 'dialectModulePath', 'native', 'pool', 'logging', 'benchmark',
+  ]) {
+    delete opts[key];
+  }
+  return {
+    ...opts,
+    dialect: 'postgres',
+    dialectModule: pgShim,
+    databaseVersion: dbVersion,
+    host: 'migrunner-bridge',
+    database: 'migrunner',
+    username: 'migrunner',
+    logging: false,
+    // All clients share the runner's one session; a small pool only lets Sequelize overlap
+    // acquisitions (transactions hold their own client), queries are serialised in Python.
+    pool: { max: 5, min: 0, idle: 60000, acquire: 60000, evict: 60000 },
+  };
+}
+
+function locationIn(stack, file) {
+  if (!stack) return null;
+  for (const line of String(stack).split('\n')) {
+    const idx = line.indexOf(file + ':');
+    if (idx >= 0) {
+      const m = /:(\d+)(?::(\d+))?/.exec(line.slice(idx + file.length));
+      if (m) return Number(m[1]);
+    }
+  }
+  return null;
+}
+
+/** The pg error behind a Sequelize error, if any (Sequelize wraps it as .original/.parent). */
+function pgErrorOf(err) {
+  const seen = new Set();
+  let e = err;
+  while (e && typeof e === 'object' && !seen.has(e)) {
+    seen.add(e);
+    if (typeof e.code === 'string' && /^[0-9A-Z]{5}$/.test(e.code)) return e;
+    e = e.original || e.parent || e.cause;
+  }
+  return null;
+}
+
+function describeError(err, file) {
+  if (!(err instanceof Error)) {
+    return { kind: 'exception', name: 'Error', message: `non-Error value thrown: ${String(err)}` };
+  }
+  const out = { kind: err.migrunnerKind || 'exception', name: err.name, message: err.message };
+  if (err instanceof SyntaxError && err.stack) {
+    // require() puts "<file>:<line>" on the first line of a SyntaxError's stack.
+    const m = /^(.*):(\d+)\n/.exec(err.stack);
+    if (m) {
+      out.kind = 'syntax';
+      out.file = m[1];
+      out.line = Number(m[2]);
+    }
+  }
+  const pgErr = pgErrorOf(err);
+  if (pgErr) {
+    out.code = pgErr.code;
+    out.message = pgErr.message;
+    if (pgErr.detail) out.detail = pgErr.detail;
+    out.sql = pgErr.migrunnerSql || err.sql;
+  } else if (err.sql) {
+    out.sql = err.sql;
+  }
+  if (Array.isArray(err.errors) && err.errors.length && !pgErr) {
+    // Sequelize ValidationError: the useful part is in .errors.
+    out.message += ': ' + err.errors.map((e) => e.message).join('; ');
+  }
+  if (out.line === undefined) {
+    const line = locationIn(err.stack, file);
+    if (line) out.line = line;
+  }
+  return out;
+}
+
+async function loadMigration(file) {
+  try {
+    return require(file);
+  } catch (err) {
+    if (err && err.code === 'ERR_REQUIRE_ESM') return import(pathToFileURL(file).href);
+    throw err;
+  }
+}
+
+class Bridge {
+  constructor() {
+    this.nextQueryId = 1;
+    this.pending = new Map();
+    this.current = null;
+    this.queue = Promise.resolve();
+    this.channel = new Channel(PROTOCOL_FD, (msg) => this.onMessage(msg));
+    process.on('unhandledRejection', (reason) => this.asyncFailure(reason));
+    process.on('uncaughtException', (err) => this.asyncFailure(err));
+  }
+
+  asyncFailure(err) {
+    // A stray rejection must not kill the bridge (node's default) but must fail the migration.
+    if (this.current && this.current.state !== 'closed') {
+      this.current.asyncErrors.push(err);
+    } else {
+      const text = err instanceof Error ? err.stack || err.message : String(err);
+      process.stderr.write(`migrunner bridge: error outside any migration: ${text}\n`);
+    }
+  }
+
+  onMessage(msg) {
+    if (msg.t === 'r') {
+      const cb = this.pending.get(msg.id);
+      if (cb) {
+        this.pending.delete(msg.id);
+        cb(msg);
+      }
+      return;
+    }
+    // Runs and metadata reads are strictly sequential.
+    this.queue = this.queue.then(() => (msg.t === 'run' ? this.run(msg) : this.meta(msg)));
+  }
+
+  async meta(msg) {
+    try {
+      const mod = await loadMigration(msg.path);
+      let flag = mod.useTransaction;
+      if (flag === undefined && mod.default) flag = mod.default.useTransaction;
+      this.channel.send({
+        t: 'meta',
+        id: msg.id,
+        useTransaction: flag === undefined ? null : Boolean(flag),
+      });
+    } catch (err) {
+      this.channel.send({ t: 'meta', id: msg.id, err: describeError(err, msg.path) });
+    }
+  }
+
+  async run(msg) {
+    const run = new Run(this, msg);
+    this.current = run;
+    let error = null;
+    let sequelize = null;
+    try {
+      const migration = await loadMigration(run.file);
+      // umzug v2's lookup, as sequelize-cli runs it.
+      let fun = migration[run.dir];
+      if (migration.default) fun = migration.default[run.dir] || migration[run.dir];
+      if (!fun) {
+        const e = new Error('Could not find migration method: ' + run.dir);
+        e.migrunnerKind = 'missing-method';
+        throw e;
+      }
+      const pgShim = createPgShim(realPg, pgMainPath, run);
+      sequelize = new Sequelize(sequelizeOptions(INIT.sequelizeOptions, pgShim, msg.dbv));
+      const query = sequelize.query.bind(sequelize);
+      sequelize.query = (sql, options) =>
+        run.state === 'running' ? query(sql, options) : Promise.reject(run.lateError(sql));
+      const result = fun.apply(migration, [sequelize.getQueryInterface(), Sequelize]);
+      if (!result || typeof result.then !== 'function') {
+        throw new Error(`Migration ${path.basename(run.file)} (or wrapper) didn't return a promise`);
+      }
+      await result;
+    } catch (err) {
+      error = err;
+    }
+    const running = [...run.inflight.values()];
+    run.state = 'settling';
+    let quiet = 0;
+    for (let turn = 0; quiet < SETTLE_QUIET_TURNS && turn < SETTLE_MAX_TURNS; turn++) {
+      const before = run.late.length + run.asyncErrors.length;
+      await new Promise((resolve) => setImmediate(resolve));
+      quiet = run.late.length + run.asyncErrors.length === before ? quiet + 1 : 0;
+    }
+    run.state = 'closed';
+    if (!error && run.asyncErrors.length) error = run.asyncErrors[0];
+    if (sequelize) {
+      // Idle clients only; a client still held by unfinished code is refused from now on.
+      sequelize.connectionManager.pool.destroyAllNow().catch(() => {});
+    }
+    this.current = null;
+    this.channel.send({
+      t: 'done',
+      id: run.id,
+      ok: !error,
+      err: error ? describeError(error, run.file) : null,
+      running,
+      late: run.late,
+    });
+  }
+}
+
+const bridge = new Bridge();
+bridge.channel.send({
+  t: 'ready',
+  version: Sequelize.version || require(path.join(INIT.sequelizeDir, 'package.json')).version,
+  path: INIT.sequelizeDir,
+  pgPath: INIT.pgDir,
+});
