@@ -66,6 +66,20 @@ def test_esm_config(tmp_path: Path) -> None:
     assert cfg.conninfo["dbname"] == "forum" and cfg.env_name == "development"
 
 
+def test_esm_package_with_top_level_await(tmp_path: Path) -> None:
+    cwd = app(
+        tmp_path,
+        {
+            "package.json": '{"type": "module"}',
+            "config/config.js": (
+                "const entry = await Promise.resolve(" + ENTRY + ");\n"
+                "export default { development: entry };\n"
+            ),
+        },
+    )
+    assert must(load(cwd)).conninfo["host"] == "dbhost"
+
+
 def test_default_config_js_wins_over_json(tmp_path: Path) -> None:
     cwd = app(
         tmp_path,
