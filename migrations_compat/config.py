@@ -113,6 +113,10 @@ _NOT_SEQUELIZE_OPTIONS = frozenset(
         "migrunner",
     }
 )
+# any of these at the top of a config means it is one flat entry, not a map of environments
+_FLAT_KEYS = frozenset(
+    {"dialect", "database", "host", "port", "username", "password", "url", "use_env_variable"}
+)
 _URL_WITH_PASSWORD = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s]*@")
 
 
@@ -467,18 +471,24 @@ def _migrations_path(req: ConfigRequest, rc: Mapping[str, Any]) -> Path | None:
 def select_environment(
     raw: Mapping[str, Any], env: str, source: str
 ) -> tuple[dict[str, Any], bool]:
-    """The entry for ``env``; a flat config (not a map of environments) is used as is."""
+    """The entry for ``env``; a flat config (connection keys at the top) is used as is.
+
+    sequelize-cli uses the whole object whenever the environment key is missing; that is only
+    meaningful for a flat config, so a map of environments without ``env`` is an error here.
+    """
     entry = raw.get(env)
     if entry:
         if not isinstance(entry, dict):
             raise ConfigError(f"environment {env!r} in {source} is not an object")
         return dict(entry), True
-    envs = [k for k, v in raw.items() if isinstance(v, dict)]
-    if raw and all(isinstance(v, dict) or v is None for v in raw.values()):
-        has = ", ".join(envs) if envs else "none"
-        raise ConfigError(f"environment {env!r} not found in {source} (has: {has})")
     if not raw:
         raise ConfigError(f"config {source} is empty")
+    if _FLAT_KEYS.isdisjoint(raw):
+        if env in raw:
+            raise ConfigError(f"environment {env!r} in {source} is empty")
+        envs = [k for k, v in raw.items() if isinstance(v, dict)]
+        has = ", ".join(envs) if envs else "none"
+        raise ConfigError(f"environment {env!r} not found in {source} (has: {has})")
     return dict(raw), False
 
 

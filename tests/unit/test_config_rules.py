@@ -112,6 +112,17 @@ def test_unknown_env_names_the_file_and_the_known_envs() -> None:
     assert err.value.exit_code == 2
 
 
+def test_env_map_with_scalar_keys_still_reports_unknown_env() -> None:
+    raw = {"development": PG, "production": PG, "logging": False, "shared": {"pool": {}}}
+    with pytest.raises(ConfigError) as err:
+        select_environment(raw, "staging", "c.js")
+    assert err.value.message == (
+        "environment 'staging' not found in c.js (has: development, production, shared)"
+    )
+    with pytest.raises(ConfigError, match="environment 'test' in c.js is empty"):
+        select_environment({**raw, "test": {}}, "test", "c.js")
+
+
 def test_empty_config_is_an_error() -> None:
     with pytest.raises(ConfigError, match="is empty"):
         select_environment({}, "development", "c.json")
