@@ -33,7 +33,7 @@ COMMON = [
     click.option("--env", "env_name", help="Config environment (default: NODE_ENV, development)."),
     click.option(
         "--migrations-path",
-        type=click.Path(path_type=Path),
+        type=click.Path(path_type=Path, readable=False),
         help="Migrations folder (env MIGRUNNER_MIGRATIONS_PATH; default ./migrations).",
     ),
     click.option(
@@ -104,9 +104,9 @@ def build_settings(opts: CliOptions, environ: dict[str, str]) -> Settings:
     cwd = Path.cwd()
     app = None
     if wants_config(opts, cwd):
-        from migrations_compat.config import ConfigRequest, load_app_config
+        from migrations_compat.config import ConfigRequest, start_loading
 
-        app = load_app_config(
+        loading = start_loading(
             ConfigRequest(
                 cwd=cwd,
                 options_path=opts.options_path,
@@ -117,6 +117,9 @@ def build_settings(opts: CliOptions, environ: dict[str, str]) -> Settings:
                 environ=environ,
             )
         )
+        import psycopg  # noqa: F401  -- imported while node evaluates the config (~0.05 s each)
+
+        app = loading.result()
     return resolve(opts, environ, app, cwd)
 
 
@@ -136,7 +139,7 @@ def run(kw: dict[str, Any], action: Callable[[Settings, Log], int]) -> None:
     try:
         opts = options_from(kw)
         settings = build_settings(opts, environ)
-        secrets.append(settings.password)
+        secrets += [settings.password, settings.conninfo.get("sslpassword")]
         code = action(settings, log)
     except MigrunnerError as err:
         log.error(redact(err.message, *secrets), exit_code=err.exit_code)
@@ -431,7 +434,19 @@ def lock_release_cmd(force: bool, **kw: Any) -> None:
 
 
 def main() -> None:
-    cli(prog_name="migrunner")
+    """Entry point. Usage errors are one ``error:`` line and exit 2, like every other error."""
+    try:
+        cli.main(prog_name="migrunner", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        fmt = os.environ.get("MIGRUNNER_LOG_FORMAT", "text")
+        usage = exc.ctx.command_path if isinstance(exc, click.UsageError) and exc.ctx else ""
+        hint = f" (see '{usage} --help')" if usage else ""
+        Log(fmt="json" if fmt == "json" else "text").error(exc.format_message() + hint, exit_code=2)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        sys.exit(130)
 
 
 __all__ = ["ConfigError", "cli", "main"]

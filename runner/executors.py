@@ -10,6 +10,7 @@ SQLSTATE, so the migrator can decide to retry (55P03, 40P01) or re-run outside a
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from runner.settings import Settings
     from runner.source import Migration
 
+REPLAY_CHUNK = 500
 TXN_CONTROL = re.compile(
     r"^\s*(BEGIN|START\s+TRANSACTION|COMMIT|END|ROLLBACK|ABORT)\b(?!\s+ATOMIC)", re.IGNORECASE
 )
@@ -133,15 +135,15 @@ class SqlExecutor:
             # On failure, roll back to the savepoint and replay statement by statement to name
             # the failing statement and its line; a transient failure that does not recur in
             # the replay simply lets the replay finish the migration.
-            batch = ";\n".join(st.sql for st in section.statements)
             try:
-                conn.execute(("SAVEPOINT migrunner_batch;\n" + batch).encode())
+                self.execute_batch(conn, section.statements)
                 result.statements.extend(("statement", st.sql) for st in section.statements)
                 return result
             except psycopg.Error as exc:
                 if is_connection_lost(exc):
                     raise statement_error(mig, direction, section.statements[0], exc) from None
                 conn.execute(b"ROLLBACK TO SAVEPOINT migrunner_batch")
+            return self.replay(mig, direction, conn, section.statements, result)
         for stmt in section.statements:
             if dry_run and not section.transactional:
                 result.statements.append(("non-transactional (not executed in dry run)", stmt.sql))
@@ -151,6 +153,40 @@ class SqlExecutor:
                 conn.execute(stmt.sql.encode())
             except psycopg.Error as exc:
                 raise statement_error(mig, direction, stmt, exc) from None
+        return result
+
+    def execute_batch(self, conn: psycopg.Connection, statements: Sequence[Statement]) -> None:
+        batch = ";\n".join(st.sql for st in statements)
+        conn.execute(("SAVEPOINT migrunner_batch;\n" + batch).encode())
+
+    def replay(
+        self,
+        mig: Migration,
+        direction: str,
+        conn: psycopg.Connection,
+        statements: Sequence[Statement],
+        result: RunResult,
+    ) -> RunResult:
+        """Re-run after a batch failure in chunks, then statement by statement inside the
+        failing chunk, so even a huge file costs few round trips to locate its error."""
+        import psycopg
+
+        for start in range(0, len(statements), REPLAY_CHUNK):
+            chunk = statements[start : start + REPLAY_CHUNK]
+            try:
+                self.execute_batch(conn, chunk)
+                result.statements.extend(("statement", st.sql) for st in chunk)
+                continue
+            except psycopg.Error as exc:
+                if is_connection_lost(exc):
+                    raise statement_error(mig, direction, chunk[0], exc) from None
+                conn.execute(b"ROLLBACK TO SAVEPOINT migrunner_batch")
+            for stmt in chunk:
+                try:
+                    conn.execute(stmt.sql.encode())
+                except psycopg.Error as exc:
+                    raise statement_error(mig, direction, stmt, exc) from None
+                result.statements.append(("statement", stmt.sql))
         return result
 
     def close(self) -> None:

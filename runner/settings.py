@@ -162,7 +162,7 @@ def env_conninfo(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 def describe(conninfo: Mapping[str, str], environ: Mapping[str, str]) -> str:
-    host = conninfo.get("host") or environ.get("PGHOST") or "localhost"
+    host = conninfo.get("hostaddr") or conninfo.get("host") or environ.get("PGHOST") or "localhost"
     port = conninfo.get("port") or environ.get("PGPORT") or "5432"
     user = conninfo.get("user") or environ.get("PGUSER") or ""
     db = conninfo.get("dbname") or environ.get("PGDATABASE") or user

@@ -22,6 +22,7 @@ from pathlib import Path
 from runner.errors import SourceError
 
 HEADER = re.compile(r"^--\s*migrate:(\w+)(.*)$")
+MAX_BYTES = 64 * 1024 * 1024  # a bigger "migration" is a data load: use psql or COPY
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,12 @@ def parse_sql_migration(path: Path, data: bytes | None = None) -> SqlMigration:
     """Parse a `.sql` migration file; every problem is a SourceError naming file and line."""
     if data is None:
         try:
+            size = path.stat().st_size
+            if size > MAX_BYTES:
+                raise SourceError(
+                    f"{path}: {size / 2**20:.0f} MiB is too large for a SQL migration "
+                    f"(limit {MAX_BYTES // 2**20} MiB); load bulk data with COPY or psql"
+                )
             data = path.read_bytes()
         except OSError as exc:
             raise SourceError(f"{path}: cannot read migration file: {exc.strerror}") from None
