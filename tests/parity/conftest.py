@@ -1,0 +1,147 @@
+"""Parity fixtures: the forum app with its real node_modules, and the real sequelize-cli.
+
+Parity tests run sequelize-cli 6.6.5 and migrunner with the same command line, in the app's
+directory, against the same kind of database, and compare what each leaves behind. The app's
+``node_modules`` comes from ``npm ci`` of its lockfile (``.ci/run`` does the same), installed
+here once per session when missing or stale, so plain ``pytest`` works on a fresh clone.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FIXTURES, cli_env, run_cli
+from tests.support.pg import create_database, drop_database, url_parts
+
+FORUM = FIXTURES / "forum"
+SEQUELIZE_CLI = FORUM / "node_modules" / ".bin" / "sequelize-cli"
+
+# The Kubernetes Job's command line, minus the program name.
+FORUM_ARGS = (
+    "--config",
+    "src/config/database.js",
+    "--migrations-path",
+    "src/migrations",
+    "--env",
+    "production",
+)
+
+MIGRATIONS = tuple(sorted(p.name for p in (FORUM / "src" / "migrations").glob("*.js")))
+
+COMPLETED = "Migrations completed successfully"
+
+SequelizeCli = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def _installed_matches_pins() -> bool:
+    """True when node_modules holds exactly the versions package.json pins."""
+    pins = json.loads((FORUM / "package.json").read_text())["dependencies"]
+    for name, version in pins.items():
+        manifest = FORUM / "node_modules" / name / "package.json"
+        if not manifest.is_file():
+            return False
+        if json.loads(manifest.read_text()).get("version") != version:
+            return False
+    return SEQUELIZE_CLI.exists()
+
+
+@pytest.fixture(scope="session")
+def forum_app() -> Path:
+    """The forum fixture directory, with ``npm ci`` done (once, under a file lock)."""
+    if _installed_matches_pins():
+        return FORUM
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.fail("npm is required for the parity tests (the forum fixture needs `npm ci`)")
+    with (FORUM / "package-lock.json").open() as lockfile:
+        # Parallel sessions (xdist workers, two checkouts' CI) must not run npm ci together.
+        fcntl.flock(lockfile, fcntl.LOCK_EX)
+        try:
+            if not _installed_matches_pins():
+                done = subprocess.run(
+                    [npm, "ci", "--no-audit", "--no-fund", "--prefix", str(FORUM)],
+                    capture_output=True,
+                    text=True,
+                    timeout=600,
+                )
+                if done.returncode != 0:
+                    pytest.fail(f"npm ci of the forum fixture failed:\n{done.stderr[-4000:]}")
+        finally:
+            fcntl.flock(lockfile, fcntl.LOCK_UN)
+    assert _installed_matches_pins(), "npm ci did not install the pinned versions"
+    return FORUM
+
+
+def forum_env(url: str) -> dict[str, str]:
+    """What the Job's ConfigMap and Secret put in the environment, for database ``url``."""
+    return {**url_parts(url), "NODE_ENV": "production"}
+
+
+def run_sequelize_cli(
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | str | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """Run the forum app's own ``sequelize-cli`` as a real process."""
+    return subprocess.run(
+        [str(SEQUELIZE_CLI), *args],
+        env=cli_env(env),
+        cwd=cwd or FORUM,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def sequelize_cli(forum_app: Path) -> SequelizeCli:
+    """``sequelize_cli(*args, env=..., cwd=...)``: the real sequelize-cli 6.6.5 of the app."""
+    return run_sequelize_cli
+
+
+@pytest.fixture
+def other_db_url(pg_server: str) -> Iterator[str]:
+    """A second fresh database, so each tool gets its own."""
+    url = create_database(pg_server)
+    try:
+        yield url
+    finally:
+        drop_database(pg_server, url)
+
+
+def migrunner(*args: str, url: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """migrunner with the same command line and environment sequelize-cli gets."""
+    return run_cli(*args, *FORUM_ARGS, env=forum_env(url), cwd=FORUM, timeout=timeout)
+
+
+def sequelize(*args: str, url: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return run_sequelize_cli(*args, *FORUM_ARGS, env=forum_env(url), cwd=FORUM, timeout=timeout)
+
+
+def ok(done: subprocess.CompletedProcess[str], tool: str) -> str:
+    """The run's combined output; fails the test with that output when it exited non-zero."""
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, f"{tool} {done.args[1:]} exited {done.returncode}:\n{output}"
+    return output
+
+
+STATUS_LINE = re.compile(r"^(up|down) (\S+)\s*$")
+
+
+def parse_status(stdout: str) -> dict[str, str]:
+    """``{name: 'up'|'down'}`` from ``db:migrate:status`` (both tools print ``up NAME``)."""
+    states: dict[str, str] = {}
+    for line in stdout.splitlines():
+        match = STATUS_LINE.match(line)
+        if match:
+            states[match.group(2)] = match.group(1)
+    return states
