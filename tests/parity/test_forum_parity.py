@@ -232,21 +232,60 @@ def test_db_migrate_undo_one_step_parity(
     assert meta_rows(other_db_url) == list(MIGRATIONS[:-1])
 
 
-@pytest.mark.parametrize("suffix", [".js", ""], ids=["with-extension", "without-extension"])
+# umzug v2 finds `--name` / `--to` targets by prefix of the file name
+# (`migration.file.indexOf(needle) === 0`), so scripts in the wild pass any of these.
+NAME_FORMS = {
+    "file-name": "20240101000006-create-notifications.js",
+    "without-extension": "20240101000006-create-notifications",
+    "timestamp-prefix": "20240101000006",
+}
+
+
+@pytest.mark.parametrize("form", list(NAME_FORMS))
 def test_db_migrate_undo_name_parity(
-    suffix: str, sequelize_cli: SequelizeCli, db_url: str, other_db_url: str
+    form: str, sequelize_cli: SequelizeCli, db_url: str, other_db_url: str
 ) -> None:
     """``--name`` reverts that one migration even with later ones applied (umzug's down
-    with an explicit list). sequelize-cli accepts the name with or without ``.js``."""
-    target = "20240101000006-create-notifications"
+    with an explicit list)."""
+    target = "20240101000006-create-notifications.js"
     for url in (db_url, other_db_url):
         ok(sequelize("db:migrate", url=url), "sequelize-cli")
         # The index migration touches notifications; take it off first, with sequelize-cli.
         ok(sequelize("db:migrate:undo", url=url), "sequelize-cli")
-    ok(sequelize("db:migrate:undo", "--name", target + suffix, url=db_url), "sequelize-cli")
-    ok(migrunner("db:migrate:undo", "--name", target + suffix, url=other_db_url), "migrunner")
+    needle = NAME_FORMS[form]
+    ok(sequelize("db:migrate:undo", "--name", needle, url=db_url), "sequelize-cli")
+    assert target not in (meta_rows(db_url) or []), "the harness's premise about sequelize-cli"
+    ok(migrunner("db:migrate:undo", "--name", needle, url=other_db_url), "migrunner")
     assert_same_state(db_url, other_db_url, ("sequelize-cli", "migrunner"))
-    assert meta_rows(other_db_url) == [m for m in MIGRATIONS[:-1] if m != target + ".js"]
+    assert meta_rows(other_db_url) == [m for m in MIGRATIONS[:-1] if m != target]
     cli_view, mr_view = status_of(other_db_url)
     assert mr_view == cli_view
-    assert cli_view[target + ".js"] == "down"
+    assert cli_view[target] == "down"
+
+
+@pytest.mark.parametrize("form", ["file-name", "without-extension"])
+def test_db_migrate_undo_all_to_parity(
+    form: str, sequelize_cli: SequelizeCli, db_url: str, other_db_url: str
+) -> None:
+    """``undo:all --to X`` reverts everything after X and X itself."""
+    target = "20240101000009-create-reports.js"
+    needle = target if form == "file-name" else target.removesuffix(".js")
+    for url in (db_url, other_db_url):
+        ok(sequelize("db:migrate", url=url), "sequelize-cli")
+    ok(sequelize("db:migrate:undo:all", "--to", needle, url=db_url), "sequelize-cli")
+    assert meta_rows(db_url) == list(MIGRATIONS[:8]), "the harness's premise about sequelize-cli"
+    ok(migrunner("db:migrate:undo:all", "--to", needle, url=other_db_url), "migrunner")
+    assert_same_state(db_url, other_db_url, ("sequelize-cli", "migrunner"))
+
+
+def test_db_migrate_to_an_applied_migration_is_a_no_op_for_both(
+    sequelize_cli: SequelizeCli, db_url: str, other_db_url: str
+) -> None:
+    """A Job pinned with ``--to`` and re-run after success must succeed and change nothing."""
+    for url in (db_url, other_db_url):
+        ok(sequelize("db:migrate", "--to", FIFTH, url=url), "sequelize-cli")
+    ok(sequelize("db:migrate", "--to", MIGRATIONS[2], url=db_url), "sequelize-cli")
+    output = ok(migrunner("db:migrate", "--to", MIGRATIONS[2], url=other_db_url), "migrunner")
+    assert COMPLETED in output
+    assert_same_state(db_url, other_db_url, ("sequelize-cli", "migrunner"))
+    assert meta_rows(other_db_url) == list(MIGRATIONS[:5])
