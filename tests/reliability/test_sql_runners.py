@@ -27,7 +27,8 @@ def advisory_held(db: psycopg.Connection, key: int = KEY) -> bool:
     classid, objid = pg_locks_ids(key)
     row = db.execute(
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-        "AND classid = %s::oid AND objid = %s::oid AND objsubid = 1",
+        "AND classid = %s::oid AND objid = %s::oid AND objsubid = 1 "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
         (classid, objid),
     ).fetchone()
     return bool(row and row[0])
