@@ -22,6 +22,7 @@ import os
 import selectors
 import socket
 import subprocess
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,13 +61,16 @@ class BridgeOptions:
     ``search_dirs``: where the app's ``node_modules`` are looked for (walking up from each, as
     node does); the shim's pinned copy is the fallback. ``sequelize_options``: JSON-able options
     from the app's config entry (``define``, ``timezone``, ``quoteIdentifiers``...), never
-    credentials. ``env``: node's environment (None = inherit).
+    credentials. ``env``: node's environment (None = inherit). ``node_args``: flags for node;
+    the default 1 MiB young generation keeps node near 70 MiB instead of 85 under a long
+    migration, so runner and node fit a 128 MiB Job together, for ~15 ms more start-up.
     """
 
     search_dirs: Sequence[Path | str] = ()
     sequelize_options: Mapping[str, Any] = field(default_factory=dict)
     env: Mapping[str, str] | None = None
     node: str = "node"
+    node_args: Sequence[str] = ("--max-semi-space-size=1",)
 
 
 @dataclass
@@ -199,29 +203,35 @@ class _NodeProcess:
 
     def drain_output(self) -> None:
         """Forward whatever node has printed so far (console.log to a pipe is synchronous)."""
-        self._pump(lambda: True, 0)
-        while self._sel.get_map() and any(key.data != "proto" for key, _ in self._sel.select(0)):
-            self._pump(lambda: True, 0)
+        self._quiet_socket()
+        while True:
+            events = self._sel.select(0)
+            if not events:
+                return
+            self._dispatch(events)
 
     def _pump(self, done: Callable[[], bool], timeout: float | None = None) -> None:
-        first = True
-        while first or not done():
-            first = False
-            if self._eof and not self._inbox:
+        while not done():
+            if self._eof:
                 raise _NodeGone
             want = selectors.EVENT_READ | (selectors.EVENT_WRITE if self._outbuf else 0)
-            if not self._eof:
-                self._sel.modify(self.sock, want, "proto")
+            self._sel.modify(self.sock, want, "proto")
             events = self._sel.select(timeout)
             if not events and timeout is not None:
                 return
-            for key, mask in events:
-                if key.data == "proto":
-                    self._on_socket(mask)
-                else:
-                    self._on_stream(key.data)
-            if timeout == 0 and done():
-                return
+            self._dispatch(events)
+
+    def _quiet_socket(self) -> None:
+        """Stop waiting for the socket to become writable (it nearly always is)."""
+        if not self._eof:
+            self._sel.modify(self.sock, selectors.EVENT_READ, "proto")
+
+    def _dispatch(self, events: list[tuple[selectors.SelectorKey, int]]) -> None:
+        for key, mask in events:
+            if key.data == "proto":
+                self._on_socket(mask)
+            else:
+                self._on_stream(key.data)
 
     def _on_socket(self, mask: int) -> None:
         if mask & selectors.EVENT_WRITE and self._outbuf:
@@ -286,10 +296,14 @@ class _NodeProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self._quiet_socket()
+        deadline = time.monotonic() + _STOP_TIMEOUT
+        # A grandchild may keep the pipes open: stop at the deadline rather than at EOF.
         while any(key.data != "proto" for key in self._sel.get_map().values()):
-            for key, _ in self._sel.select(0.5) or []:
-                if key.data != "proto":
-                    self._on_stream(key.data)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._dispatch(self._sel.select(remaining))
 
     def stop(self) -> list[dict[str, Any]]:
         """Close the protocol socket (node exits on EOF); returns messages it sent last."""
@@ -363,6 +377,11 @@ class NodeBridge:
         self._current: str | None = None
         self._late: list[dict[str, Any]] = []
 
+    @property
+    def node_pid(self) -> int | None:
+        """The node process's pid while it runs (for diagnostics and memory accounting)."""
+        return None if self._node is None else self._node.proc.pid
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     def prestart(self) -> None:
@@ -411,7 +430,8 @@ class NodeBridge:
             }
         )
         try:
-            self._node = _NodeProcess([self.options.node, str(BRIDGE_JS)], init, env, self._forward)
+            argv = [self.options.node, *self.options.node_args, str(BRIDGE_JS)]
+            self._node = _NodeProcess(argv, init, env, self._forward)
         except FileNotFoundError as exc:
             raise ConfigError(
                 f"node not found ({self.options.node!r}): JS migrations need Node.js"
@@ -545,6 +565,9 @@ class NodeBridge:
             self._current = None
         for warning in executor.warnings:
             self.log.warn(f"{name}: {warning}", migration=name)
+        if self._late:
+            # Reported while this migration ran, by an earlier one; fail before it is recorded.
+            raise MigrationFailed(self._late_message(self._late.pop(0)) + " (it was not executed)")
         sticky = executor.non_transactional_error
         if sticky is not None:
             raise self._statement_failure(name, direction, sticky)

@@ -28,6 +28,8 @@ from typing import Any
 
 import psycopg
 from psycopg import pq
+from psycopg.abc import Buffer
+from psycopg.adapt import Loader
 
 from migrations_compat.bridge_sql import (
     LABEL_NON_TRANSACTIONAL,
@@ -120,6 +122,7 @@ class StatementExecutor:
         self._saved_settings: dict[str, str | None] = {}
         self._tx_counter = 0
         self._encoding = conn.info.encoding
+        self._cursor = _raw_cursor(conn)
 
     # -- entry point -------------------------------------------------------------------------
 
@@ -241,7 +244,7 @@ class StatementExecutor:
         return results
 
     def _run_wrapped(self, text: str, values: list[Any] | None) -> list[dict[str, Any]]:
-        cur = psycopg.RawCursor(self.conn)
+        cur = self._cursor
         try:
             if values is None:
                 # One round trip: the savepoint travels in the same simple-protocol string.
@@ -352,7 +355,7 @@ class StatementExecutor:
         if any(piece.kind is Kind.RESET_ALL for piece in pieces):
             self._warn("RESET ALL in a non-transactional migration resets the runner's settings")
         label = _batch_label(pieces)
-        cur = psycopg.RawCursor(self.conn)
+        cur = self._cursor
         try:
             cur.execute(sql, values, prepare=False)
             results = list(_collect(cur, self._encoding)) or [_empty_result("")]
@@ -474,6 +477,26 @@ def _decode_params(params: Sequence[Any] | None) -> list[Any] | None:
         else:
             out.append(p)
     return out
+
+
+class _PassThroughLoader(Loader):
+    """Leaves a value as the server sent it: the JS side parses every value itself."""
+
+    def load(self, data: Buffer) -> Buffer:
+        return data
+
+
+#: Types whose psycopg loaders look up the session time zone when a result arrives; Sequelize's
+#: ``SET TIME ZONE INTERVAL '+00:00' ...`` is a zone Python cannot name, so skip them.
+_TZ_TYPE_OIDS = (1184, 1185, 3910, 3911, 4534, 6153)
+
+
+def _raw_cursor(conn: psycopg.Connection[Any]) -> psycopg.RawCursor[Any]:
+    """One cursor per migration: ``$n`` placeholders as sent by pg, results read raw."""
+    cur = psycopg.RawCursor(conn)
+    for oid in _TZ_TYPE_OIDS:
+        cur.adapters.register_loader(oid, _PassThroughLoader)
+    return cur
 
 
 def _collect(cur: psycopg.RawCursor[Any], encoding: str) -> Iterator[dict[str, Any]]:

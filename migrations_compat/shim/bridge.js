@@ -16,6 +16,7 @@
  *                 {t:'done', id, ok, err, running, late}
  *                 {t:'meta', id, useTransaction, err}
  *                 {t:'late', file, dir, sql}           a query after its migration finished
+ * MIGRUNNER_BRIDGE_DEBUG=1 echoes every protocol line to stderr (and so to the run log).
  */
 const net = require('net');
 const path = require('path');
@@ -48,7 +49,10 @@ class Channel {
       while ((nl = buf.indexOf('\n')) >= 0) {
         const line = buf.slice(0, nl);
         buf = buf.slice(nl + 1);
-        if (line) onMessage(JSON.parse(line));
+        if (line) {
+          if (process.env.MIGRUNNER_BRIDGE_DEBUG) process.stderr.write(`<< ${line.slice(0, 200)}\n`);
+          onMessage(JSON.parse(line));
+        }
       }
     });
     // The runner closed its end (finished, or died): nothing left to do.
@@ -57,7 +61,9 @@ class Channel {
   }
 
   send(msg) {
-    this.sock.write(JSON.stringify(msg) + '\n');
+    const line = JSON.stringify(msg);
+    if (process.env.MIGRUNNER_BRIDGE_DEBUG) process.stderr.write(`>> ${line.slice(0, 200)}\n`);
+    this.sock.write(line + '\n');
   }
 }
 

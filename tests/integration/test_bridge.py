@@ -1,0 +1,440 @@
+"""The node bridge against real node and a real PostgreSQL, driven as the migrator drives it.
+
+Each test opens the runner's own autocommit connection, does BEGIN (transactional mode),
+calls ``bridge.run`` and then COMMITs or rolls back, and asserts on what the database says.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from migrations_compat.bridge import (
+    BridgeOptions,
+    NodeBridge,
+    resolve_packages,
+)
+from migrations_compat.bridge_sql import (
+    LABEL_INTROSPECTION,
+    LABEL_NON_TRANSACTIONAL,
+    LABEL_STATEMENT,
+    LABEL_TRANSACTION_CONTROL,
+)
+from runner.errors import DatabaseUnavailable, MigrationFailed
+from runner.log import Log
+from tests.conftest import FIXTURES, ROOT
+
+BRIDGE = FIXTURES / "bridge"
+SHIM_MODULES = ROOT / "migrations_compat" / "shim" / "node_modules"
+
+
+class Captured:
+    """A Log writing into memory, to assert on what reached the run log."""
+
+    def __init__(self, fmt: str = "text") -> None:
+        self.stream = io.StringIO()
+        self.log = Log(fmt=fmt, stream=self.stream, out_stream=io.StringIO())
+
+    @property
+    def text(self) -> str:
+        return self.stream.getvalue()
+
+
+@pytest.fixture
+def captured() -> Captured:
+    return Captured()
+
+
+@pytest.fixture
+def runner_conn(db_url: str) -> Iterator[psycopg.Connection]:
+    """The runner's own connection: autocommit, BEGIN/COMMIT issued explicitly."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def bridge(db_url: str, captured: Captured) -> Iterator[NodeBridge]:
+    env = {**os.environ, "DATABASE_URL": db_url}
+    with NodeBridge(BridgeOptions(search_dirs=(BRIDGE,), env=env), captured.log) as b:
+        yield b
+
+
+def run_in_transaction(
+    bridge: NodeBridge,
+    conn: psycopg.Connection,
+    name: str,
+    *,
+    commit: bool = True,
+    direction: str = "up",
+    dry_run: bool = False,
+):
+    conn.execute("BEGIN")
+    try:
+        out = bridge.run(BRIDGE / name, direction, conn, dry_run=dry_run)  # type: ignore[arg-type]
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT" if commit else "ROLLBACK")
+    return out
+
+
+def exists(db: psycopg.Connection, relation: str) -> bool:
+    return db.execute("SELECT to_regclass(%s) IS NOT NULL", [relation]).fetchone()[0]
+
+
+def setting(conn: psycopg.Connection, name: str) -> str:
+    return conn.execute("SELECT current_setting(%s)", [name]).fetchone()[0]
+
+
+# -- values, statements, output -----------------------------------------------------------------
+
+
+def test_values_come_back_exactly_as_the_real_pg_driver_returns_them(
+    bridge: NodeBridge, runner_conn: psycopg.Connection, db: psycopg.Connection
+) -> None:
+    # The migration compares every type through the bridge with the same query through a
+    # Sequelize instance on the real pg driver, and bind parameters through a model round trip.
+    db.execute("CREATE TYPE mood AS ENUM ('happy', 'sad')")
+    run_in_transaction(bridge, runner_conn, "types.js")
+    row = db.execute("SELECT blob, big, words FROM typed").fetchone()
+    assert row == (b"\x00\x01\x02\xfe\xff", 9007199254740993, ["x", "y z", 'q"uote', "back\\slash"])
+
+
+def test_statements_are_recorded_with_labels(
+    bridge: NodeBridge, runner_conn: psycopg.Connection
+) -> None:
+    out = run_in_transaction(bridge, runner_conn, "own-transaction.js")
+    labels = [(s.label, s.sql.split()[0].upper()) for s in out.statements]
+    assert (LABEL_INTROSPECTION, "SET") in labels  # Sequelize's connection set-up
+    assert (LABEL_STATEMENT, "CREATE") in labels
+    control = [s for s in out.statements if s.label == LABEL_TRANSACTION_CONTROL]
+    assert [s.sql.rstrip(";") for s in control] == ["START TRANSACTION", "COMMIT", "BEGIN", "COMMIT"]
+    assert control[0].executed_as is not None and control[0].executed_as.startswith("SAVEPOINT")
+    assert control[1].executed_as is not None and control[1].executed_as.startswith("RELEASE")
+    assert out.sequelize_version == "6.37.8"
+    assert Path(out.sequelize_path) == SHIM_MODULES / "sequelize"
+
+
+def test_console_output_reaches_the_log_tagged_and_apart_from_the_protocol(
+    bridge: NodeBridge, runner_conn: psycopg.Connection, db: psycopg.Connection, captured: Captured
+) -> None:
+    run_in_transaction(bridge, runner_conn, "console.js")
+    assert exists(db, "console_ok")
+    lines = captured.text.splitlines()
+    assert "[console.js] hello from the migration" in lines
+    assert '[console.js] {"t":"done","id":1,"ok":true}' in lines
+    assert "[console.js] a warning on stderr" in lines
+    assert lines.index("[console.js] hello from the migration") < lines.index(
+        "[console.js] after the statement"
+    )
+    assert "using sequelize 6.37.8 from " in captured.text
+
+
+def test_json_log_lines_carry_the_migration(
+    db_url: str, runner_conn: psycopg.Connection
+) -> None:
+    captured = Captured(fmt="json")
+    with NodeBridge(BridgeOptions(search_dirs=(BRIDGE,)), captured.log) as bridge:
+        run_in_transaction(bridge, runner_conn, "console.js", commit=False)
+    records = [json.loads(line) for line in captured.text.splitlines()]
+    hello = next(r for r in records if r["msg"].endswith("hello from the migration"))
+    assert hello["migration"] == "console.js" and hello["stream"] == "stdout"
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+def test_failing_statement_names_file_direction_sqlstate_and_statement(
+    bridge: NodeBridge, runner_conn: psycopg.Connection, db: psycopg.Connection
+) -> None:
+    with pytest.raises(MigrationFailed) as info:
+        run_in_transaction(bridge, runner_conn, "sql-error.js")
+    err = info.value
+    assert err.sqlstate == "42P01"
+    assert err.message.startswith('sql-error.js (up): relation "public.no_such_table" does not')
+    assert "[SQLSTATE 42P01] in: ALTER TABLE" in err.message
+    assert "\n" not in err.message
+    assert not exists(db, "before_error")
+    # node survived and serves the next migration
+    pid = bridge.node_pid
+    run_in_transaction(bridge, runner_conn, "caught-error.js")
+    assert bridge.node_pid == pid
+    assert exists(db, "after_catch")
+
+
+def test_syntax_error_names_file_and_line(
+    bridge: NodeBridge, runner_conn: psycopg.Connection
+) -> None:
+    with pytest.raises(MigrationFailed) as info:
+        run_in_transaction(bridge, runner_conn, "syntax-error.js")
+    assert info.value.sqlstate is None
+    assert info.value.message == (
+        "syntax-error.js (up): SyntaxError: Unexpected token ';' at syntax-error.js:6"
+    )
+
+
+def test_javascript_error_names_error_and_line(
+    bridge: NodeBridge, runner_conn: psycopg.Connection
+) -> None:
+    with pytest.raises(MigrationFailed) as info:
+        run_in_transaction(bridge, runner_conn, "js-error.js")
+    assert info.value.message == (
+        "js-error.js (up): TypeError: Cannot read properties of undefined (reading 'one') "
+        "at js-error.js:6"
+    )
+
+
+def test_missing_down_uses_sequelize_cli_wording(
+    bridge: NodeBridge, runner_conn: psycopg.Connection
+) -> None:
+    with pytest.raises(MigrationFailed) as info:
+        run_in_transaction(bridge, runner_conn, "console.js", direction="down")
+    assert info.value.message == "console.js (down): Could not find migration method: down"
+
+
+def test_caught_error_leaves_the_runner_transaction_usable(
+    bridge: NodeBridge, runner_conn: psycopg.Connection, db: psycopg.Connection
+) -> None:
+    runner_conn.execute("BEGIN")
+    bridge.run(BRIDGE / "caught-error.js", "up", runner_conn)
+    # what the migrator does next, in the same transaction
+    runner_conn.execute("CREATE TABLE recorded_after (name text)")
+    runner_conn.execute("COMMIT")
+    assert exists(db, "after_catch") and exists(db, "recorded_after")
+
+
+def test_migration_commits_are_savepoints_of_the_runner_transaction(
+    bridge: NodeBridge, runner_conn: psycopg.Connection, db: psycopg.Connection
+) -> None:
+    run_in_transaction(bridge, runner_conn, "own-transaction.js", commit=False)
+    assert not exists(db, "committed_inside")
+    assert not exists(db, "raw_committed")
+    run_in_transaction(bridge, runner_conn, "own-transaction.js")
+    assert exists(db, "committed_inside") and exists(db, "raw_committed")
+
+
+def test_session_settings_stay_inside_the_migration(
+    bridge: NodeBridge, runner_conn: psycopg.Connection, captured: Captured
+) -> None:
+    names = ["statement_timeout", "search_path", "application_name", "work_mem", "TimeZone"]
+    runner_conn.execute("SET lock_timeout = '3s'")
+    before = {n: setting(runner_conn, n) for n in [*names, "lock_timeout"]}
+    runner_conn.execute("BEGIN")
+    runner_conn.execute("SET LOCAL lock_timeout = '4s'")
+    bridge.run(BRIDGE / "settings.js", "up", runner_conn)
+    # restored for the migrator's own statements that follow in the same transaction
+    assert {n: setting(runner_conn, n) for n in names} == {n: before[n] for n in names}
+    assert setting(runner_conn, "lock_timeout") == "4s"
+    runner_conn.execute("COMMIT")
+    assert {n: setting(runner_conn, n) for n in [*names, "lock_timeout"]} == before
+    assert "transaction options ignored" not in captured.text
+    assert "skipped inside the runner's transaction: SET TRANSACTION ISOLATION LEVEL" in (
+        captured.text
+    )
+
+
+def test_unfinished_transaction_of_the_migration_fails_it(
+    bridge: NodeBridge, runner_conn: psycopg.Connection
+) -> None:
+    with pytest.raises(MigrationFailed, match=r"never committed or rolled back"):
+        run_in_transaction(bridge, runner_conn, "unfinished-transaction.js")
+
+
+# -- statements that cannot run in a transaction --------------------------------------------------
+
+
+def test_concurrent_index_fails_with_25001_then_runs_outside_a_transaction(
+    bridge: NodeBridge, runner_conn: psycopg.Connection, db: psycopg.Connection
+) -> None:
+    with pytest.raises(MigrationFailed) as info:
+        run_in_transaction(bridge, runner_conn, "concurrently.js")
+    assert info.value.sqlstate == "25001"
+    assert not exists(db, "ci_target")
+    bridge.run(BRIDGE / "concurrently.js", "up", runner_conn, transactional=False)
+    assert exists(db, "ci_target_name")
+    assert db.execute("SELECT name FROM ci_target").fetchall() == [("after the index",)]
+
+
+def test_caught_25001_still_fails_so_the_migrator_reruns_it(
+    bridge: NodeBridge, runner_conn: psycopg.Connection, db: psycopg.Connection
+) -> None:
+    with pytest.raises(MigrationFailed) as info:
+        run_in_transaction(bridge, runner_conn, "concurrently-caught.js")
+    assert info.value.sqlstate == "25001"
+    bridge.run(BRIDGE / "concurrently-caught.js", "up", runner_conn, transactional=False)
+    assert exists(db, "cc_target_name")
+
+
+def test_dry_run_records_non_transactional_statements_and_goes_on(
+    bridge: NodeBridge, runner_conn: psycopg.Connection, db: psycopg.Connection
+) -> None:
+    out = run_in_transaction(bridge, runner_conn, "concurrently.js", dry_run=True, commit=False)
+    skipped = [s for s in out.statements if s.label == LABEL_NON_TRANSACTIONAL]
+    assert len(skipped) == 1 and "CONCURRENTLY" in skipped[0].sql
+    assert skipped[0].sqlstate == "25001"
+    assert out.statements[-1].sql.startswith("INSERT INTO ci_target")
+    assert not exists(db, "ci_target")
+
+
+def test_use_transaction_flag(bridge: NodeBridge) -> None:
+    assert bridge.wants_transaction(BRIDGE / "no-transaction.js") is False
+    assert bridge.wants_transaction(BRIDGE / "default-export-no-transaction.js") is False
+    assert bridge.wants_transaction(BRIDGE / "console.js") is None
+    with pytest.raises(MigrationFailed, match=r"^syntax-error.js: SyntaxError"):
+        bridge.wants_transaction(BRIDGE / "syntax-error.js")
+
+
+def test_non_transactional_run_restores_session_settings(
+    bridge: NodeBridge, runner_conn: psycopg.Connection, db: psycopg.Connection
+) -> None:
+    before = {n: setting(runner_conn, n) for n in ("statement_timeout", "TimeZone")}
+    out = bridge.run(BRIDGE / "no-transaction.js", "up", runner_conn, transactional=False)
+    assert exists(db, "nt_target_name")
+    assert {n: setting(runner_conn, n) for n in before} == before
+    assert all(s.label != LABEL_TRANSACTION_CONTROL for s in out.statements)
+
+
+def test_non_transactional_run_that_leaves_a_transaction_open_is_rolled_back(
+    bridge: NodeBridge, runner_conn: psycopg.Connection, db: psycopg.Connection
+) -> None:
+    with pytest.raises(MigrationFailed, match=r"left a transaction open; it was rolled back"):
+        bridge.run(BRIDGE / "raw-begin-left-open.js", "up", runner_conn, transactional=False)
+    assert runner_conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert not exists(db, "left_open")
+
+
+# -- queries outside the migration's lifetime -------------------------------------------------
+
+
+def test_missing_await_fails_the_migration(
+    bridge: NodeBridge, runner_conn: psycopg.Connection, db: psycopg.Connection
+) -> None:
+    with pytest.raises(MigrationFailed) as info:
+        run_in_transaction(bridge, runner_conn, "missing-await.js")
+    assert info.value.message.startswith(
+        'missing-await.js (up): query issued after up() resolved: CREATE TABLE IF NOT EXISTS "never_awaited"'
+    )
+    assert info.value.message.endswith("— missing await?")
+    assert not exists(db, "never_awaited")
+
+
+def test_query_through_a_finished_migration_is_refused_and_reported(
+    bridge: NodeBridge, runner_conn: psycopg.Connection, db: psycopg.Connection, captured: Captured
+) -> None:
+    db.execute("CREATE TABLE late_target (id int); INSERT INTO late_target VALUES (1)")
+    run_in_transaction(bridge, runner_conn, "late-arm.js")
+    with pytest.raises(MigrationFailed) as info:
+        run_in_transaction(bridge, runner_conn, "late-fire.js")
+    assert info.value.message == (
+        "late-arm.js (up): query issued after up() resolved: DELETE FROM late_target "
+        "— missing await? (it was not executed)"
+    )
+    assert "[late-fire.js] late query refused: query issued after up() resolved" in captured.text
+    assert db.execute("SELECT count(*) FROM late_target").fetchone()[0] == 1
+
+
+def test_unhandled_rejection_fails_the_migration(
+    bridge: NodeBridge, runner_conn: psycopg.Connection
+) -> None:
+    with pytest.raises(MigrationFailed) as info:
+        run_in_transaction(bridge, runner_conn, "unhandled.js")
+    assert info.value.sqlstate == "42P01"
+    assert 'relation "not_there_either" does not exist' in info.value.message
+
+
+# -- process and connection failures ----------------------------------------------------------
+
+
+def test_lost_connection_raises_database_unavailable_and_node_restarts(
+    bridge: NodeBridge, db_url: str, db: psycopg.Connection
+) -> None:
+    with psycopg.connect(db_url, autocommit=True) as doomed:
+        doomed.execute("BEGIN")
+        with pytest.raises(DatabaseUnavailable):
+            bridge.run(BRIDGE / "terminate.js", "up", doomed)
+    assert bridge.node_pid is None
+    with psycopg.connect(db_url, autocommit=True) as fresh:
+        run_in_transaction(bridge, fresh, "caught-error.js")
+    assert exists(db, "after_catch")
+
+
+def test_node_exiting_fails_the_migration_with_its_stderr(
+    bridge: NodeBridge, runner_conn: psycopg.Connection, db: psycopg.Connection
+) -> None:
+    with pytest.raises(MigrationFailed) as info:
+        run_in_transaction(bridge, runner_conn, "exits.js")
+    assert info.value.message == (
+        "exits.js (up): node exited: exit code 3: about to call process.exit(3)"
+    )
+    run_in_transaction(bridge, runner_conn, "caught-error.js")
+    assert exists(db, "after_catch")
+
+
+def test_passwords_never_reach_the_log_or_errors(
+    db_url: str, runner_conn: psycopg.Connection, captured: Captured
+) -> None:
+    env = {**os.environ, "DB_PASSWORD": "s3cr3t-Pa55"}
+    with NodeBridge(BridgeOptions(search_dirs=(BRIDGE,), env=env), captured.log) as bridge:
+        with pytest.raises(MigrationFailed) as info:
+            run_in_transaction(bridge, runner_conn, "secret.js")
+    assert info.value.message == "secret.js (up): cannot log in with *** at secret.js:6"
+    assert "[secret.js] the password is ***" in captured.text
+    assert "s3cr3t" not in captured.text
+
+
+# -- resolution of sequelize ------------------------------------------------------------------
+
+
+def test_without_app_node_modules_the_shim_copy_is_used_by_bridge_and_migration(
+    bridge: NodeBridge, runner_conn: psycopg.Connection, db: psycopg.Connection
+) -> None:
+    out = run_in_transaction(bridge, runner_conn, "same-sequelize.js")
+    assert Path(out.sequelize_path) == SHIM_MODULES / "sequelize"
+    (path,) = db.execute("SELECT path FROM same_sequelize").fetchone()
+    assert Path(path).is_relative_to(SHIM_MODULES / "sequelize")
+
+
+def test_app_node_modules_win_over_the_shim(tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    (app / "node_modules" / "sequelize").mkdir(parents=True)
+    (app / "node_modules" / "sequelize" / "package.json").write_text('{"version": "6.0.0"}')
+    (app / "src" / "migrations").mkdir(parents=True)
+    packages = resolve_packages([app / "src" / "migrations"])
+    assert packages.from_app
+    assert packages.sequelize_dir == (app / "node_modules" / "sequelize").resolve()
+    # no pg in the app: the shim's
+    assert packages.pg_dir == (SHIM_MODULES / "pg").resolve()
+    assert not resolve_packages([tmp_path]).from_app
+
+
+def test_esm_migration_is_loaded_with_import(
+    bridge: NodeBridge, runner_conn: psycopg.Connection, db: psycopg.Connection
+) -> None:
+    runner_conn.execute("BEGIN")
+    bridge.run(BRIDGE / "esm" / "20240101-esm.js", "up", runner_conn)
+    runner_conn.execute("COMMIT")
+    assert exists(db, "from_esm")
+
+
+# -- cost -----------------------------------------------------------------------------------------
+
+
+def test_round_trip_and_memory(
+    bridge: NodeBridge, runner_conn: psycopg.Connection, db: psycopg.Connection
+) -> None:
+    out = run_in_transaction(bridge, runner_conn, "many-queries.js")
+    assert len(out.statements) >= 500
+    (per_query_ms,) = db.execute("SELECT ms FROM round_trip").fetchone()
+    # ~0.1-0.3 ms here; a generous bound that still catches a per-message stall (Nagle, polling)
+    assert per_query_ms < 5.0
+    pid = bridge.node_pid
+    assert pid is not None
+    status = Path(f"/proc/{pid}/status").read_text()
+    peak_kib = int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1])
+    assert peak_kib < 110 * 1024
