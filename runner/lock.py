@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from runner.db import connect
-from runner.errors import LockTimeout
+from runner.errors import ConfigError, LockTimeout
 
 if TYPE_CHECKING:
     import psycopg
@@ -165,7 +165,20 @@ class MigrationLock:
         return (self.conn.info.backend_pid, *pg_locks_ids(self.key))
 
     def try_lock(self, conn: psycopg.Connection) -> bool:
-        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
+        row = conn.execute(
+            "SELECT pg_try_advisory_lock(%s), pg_backend_pid()", (self.key,)
+        ).fetchone()
+        if row and row[1] != conn.info.backend_pid:
+            # The server process answering is not the one we connected to: a pooler such as
+            # PgBouncer sits in between, and a session lock would not protect anything.
+            if row[0]:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
+            raise ConfigError(
+                "the connection goes through a connection pooler (server pid "
+                f"{row[1]} != connected pid {conn.info.backend_pid}): a session advisory lock "
+                "is unsafe there; give migrunner a direct URL (--direct-url or "
+                "MIGRUNNER_DIRECT_URL)"
+            )
         return bool(row and row[0])
 
     def release(self) -> None:
