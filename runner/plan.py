@@ -10,6 +10,10 @@ Semantics follow sequelize-cli:
 * ``down`` reverts applied migrations newest first: one by default (``db:migrate:undo``),
   ``--step N``, ``--to NAME`` (down to and including NAME, as ``db:migrate:undo:all --to``),
   ``--all``, or ``--name NAME`` (exactly that one, as ``db:migrate:undo --name``).
+* Targets (``--to``, ``--name``) match like umzug v2: the exact file name, else the first
+  migration whose name starts with the given text (``20240101000006`` or a name without
+  ``.js``). Unlike sequelize-cli, ``up --to`` a name that matches nothing is an error (exit 2)
+  rather than a silent "nothing to do".
 * Applied names are ordered by the same file-name order as the folder, so an applied name
   whose file is gone still has a place in the order.
 """
@@ -55,6 +59,16 @@ class Drift:
         return "; ".join(parts)
 
 
+def find(names: Sequence[str], needle: str) -> str | None:
+    """umzug v2's rule: the exact name, else the first name (in run order) starting with
+    ``needle`` — so ``--name 20240101000006`` or a name without ``.js`` works as in
+    sequelize-cli."""
+    if needle in names:
+        return needle
+    ordered = sorted(names, key=js_sort_key)
+    return next((n for n in ordered if n.startswith(needle)), None) if needle else None
+
+
 def pending(available: Sequence[Migration], applied: Sequence[str]) -> list[Migration]:
     done = set(applied)
     return [m for m in available if m.name not in done]
@@ -67,9 +81,10 @@ def ordered_applied(applied: Sequence[str]) -> list[str]:
 def plan_up(available: Sequence[Migration], applied: Sequence[str], to: str | None = None) -> Plan:
     todo = pending(available, applied)
     if to is not None:
-        names = [m.name for m in available]
-        if to not in names:
+        found = find([m.name for m in available], to)
+        if found is None:
             raise SourceError(f"--to {to!r}: no such migration in the migrations folder")
+        to = found
         if to in set(applied):
             return Plan("up", (), note=f"Migration {to} is not pending")
         idx = next(i for i, m in enumerate(todo) if m.name == to)
@@ -100,13 +115,15 @@ def plan_down(
     if not done:
         return Plan("down", (), note="No executed migrations found.")
     if name is not None:
-        if name not in set(done):
+        found = find(done, name)
+        if found is None:
             raise SourceError(f"--name {name!r}: migration is not applied")
-        targets = [name]
+        targets = [found]
     elif to is not None:
-        if to not in set(done):
+        found = find(done, to)
+        if found is None:
             raise SourceError(f"--to {to!r}: migration is not applied")
-        targets = list(reversed(done[done.index(to) :]))
+        targets = list(reversed(done[done.index(found) :]))
     elif all:
         targets = list(reversed(done))
     else:

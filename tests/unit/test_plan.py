@@ -89,3 +89,13 @@ def test_drift_missing_and_changed(tmp_path: Path) -> None:
     assert not drift([m], ["001-a.sql"], {"001-a.sql": m.checksum})
     # migrations applied by sequelize-cli have no checksum and are never "changed"
     assert not drift([m], ["001-a.sql"], {})
+
+
+def test_targets_match_by_prefix_like_umzug() -> None:
+    applied = ["001-a.js", "002-b.sql", "003-c.js"]
+    assert names(plan_down(ALL, applied, name="002-b")) == ["002-b.sql"]
+    assert names(plan_down(ALL, applied, name="001")) == ["001-a.js"]
+    assert names(plan_down(ALL, applied, to="002")) == ["003-c.js", "002-b.sql"]
+    assert names(plan_up(ALL, ["001-a.js"], to="003-c")) == ["002-b.sql", "003-c.js"]
+    with pytest.raises(SourceError, match="not applied"):
+        plan_down(ALL, applied, name="004")
