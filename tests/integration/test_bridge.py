@@ -114,7 +114,12 @@ def test_statements_are_recorded_with_labels(
     assert (LABEL_INTROSPECTION, "SET") in labels  # Sequelize's connection set-up
     assert (LABEL_STATEMENT, "CREATE") in labels
     control = [s for s in out.statements if s.label == LABEL_TRANSACTION_CONTROL]
-    assert [s.sql.rstrip(";") for s in control] == ["START TRANSACTION", "COMMIT", "BEGIN", "COMMIT"]
+    assert [s.sql.rstrip(";") for s in control] == [
+        "START TRANSACTION",
+        "COMMIT",
+        "BEGIN",
+        "COMMIT",
+    ]
     assert control[0].executed_as is not None and control[0].executed_as.startswith("SAVEPOINT")
     assert control[1].executed_as is not None and control[1].executed_as.startswith("RELEASE")
     assert out.sequelize_version == "6.37.8"
@@ -136,9 +141,7 @@ def test_console_output_reaches_the_log_tagged_and_apart_from_the_protocol(
     assert "using sequelize 6.37.8 from " in captured.text
 
 
-def test_json_log_lines_carry_the_migration(
-    db_url: str, runner_conn: psycopg.Connection
-) -> None:
+def test_json_log_lines_carry_the_migration(db_url: str, runner_conn: psycopg.Connection) -> None:
     captured = Captured(fmt="json")
     with NodeBridge(BridgeOptions(search_dirs=(BRIDGE,)), captured.log) as bridge:
         run_in_transaction(bridge, runner_conn, "console.js", commit=False)
@@ -380,9 +383,11 @@ def test_passwords_never_reach_the_log_or_errors(
     db_url: str, runner_conn: psycopg.Connection, captured: Captured
 ) -> None:
     env = {**os.environ, "DB_PASSWORD": "s3cr3t-Pa55"}
-    with NodeBridge(BridgeOptions(search_dirs=(BRIDGE,), env=env), captured.log) as bridge:
-        with pytest.raises(MigrationFailed) as info:
-            run_in_transaction(bridge, runner_conn, "secret.js")
+    with (
+        NodeBridge(BridgeOptions(search_dirs=(BRIDGE,), env=env), captured.log) as bridge,
+        pytest.raises(MigrationFailed) as info,
+    ):
+        run_in_transaction(bridge, runner_conn, "secret.js")
     assert info.value.message == "secret.js (up): cannot log in with *** at secret.js:6"
     assert "[secret.js] the password is ***" in captured.text
     assert "s3cr3t" not in captured.text
@@ -436,5 +441,7 @@ def test_round_trip_and_memory(
     pid = bridge.node_pid
     assert pid is not None
     status = Path(f"/proc/{pid}/status").read_text()
-    peak_kib = int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1])
+    peak_kib = int(
+        next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]
+    )
     assert peak_kib < 110 * 1024
