@@ -224,7 +224,7 @@ class StatementExecutor:
             self._record(original, values, label, executed_as=executed_as)
             return [synthetic[i] for i in sorted(synthetic)]
         try:
-            results = self._run_wrapped(text, values)
+            results = self._run_wrapped(text, values, parsed=all(p.parsed for p in pieces))
         except StatementFailure as failure:
             err = failure.error
             if self.dry_run and err.sqlstate in NON_TRANSACTIONAL_SQLSTATES:
@@ -243,24 +243,43 @@ class StatementExecutor:
             results.insert(i, synthetic[i])
         return results
 
-    def _run_wrapped(self, text: str, values: list[Any] | None) -> list[dict[str, Any]]:
+    def _run_wrapped(
+        self, text: str, values: list[Any] | None, *, parsed: bool = True
+    ) -> list[dict[str, Any]]:
+        """Run ``text`` inside a savepoint, rolled back to if it fails.
+
+        A string the parser accepted travels with its savepoint in one simple-protocol round
+        trip. Anything else gets its savepoint in a round trip of its own first: the server
+        parses a whole simple-protocol string before running any of it, so a syntax error would
+        otherwise reject the savepoint too and leave the runner's transaction unrecoverable.
+        """
         cur = self._cursor
+        combined = values is None and parsed
         try:
-            if values is None:
-                # One round trip: the savepoint travels in the same simple-protocol string.
+            if combined:
                 cur.execute(_WRAP_HEAD + text + _WRAP_TAIL, prepare=False)
                 results = list(_collect(cur, self._encoding))[1:-1]
                 return results or [_empty_result("")]
-            with self.conn.pipeline():
+            if values is not None:
+                # Extended protocol: each statement is parsed on its own, so one round trip.
+                with self.conn.pipeline():
+                    self.conn.execute(f"SAVEPOINT {STATEMENT_SAVEPOINT}", prepare=False)
+                    cur.execute(text, values, prepare=False)
+                    self.conn.execute(f"RELEASE SAVEPOINT {STATEMENT_SAVEPOINT}", prepare=False)
+            else:
                 self.conn.execute(f"SAVEPOINT {STATEMENT_SAVEPOINT}", prepare=False)
-                cur.execute(text, values, prepare=False)
+                cur.execute(text, prepare=False)
+                results = list(_collect(cur, self._encoding))
                 self.conn.execute(f"RELEASE SAVEPOINT {STATEMENT_SAVEPOINT}", prepare=False)
-            return list(_collect(cur, self._encoding))
+                return results or [_empty_result("")]
+            return list(_collect(cur, self._encoding)) or [_empty_result("")]
         except psycopg.Error as exc:
             self._check_connection(exc)
-            self._run_control(_UNWRAP)
-            offset = len(_WRAP_HEAD) if values is None else 0
-            raise StatementFailure(_statement_error(exc, text, offset)) from None
+            failure = _statement_error(exc, text, len(_WRAP_HEAD) if combined else 0)
+            if self.conn.info.transaction_status == pq.TransactionStatus.INERROR:
+                self._run_control(_UNWRAP)
+            # else psycopg refused it before sending: the transaction is intact
+            raise StatementFailure(failure) from None
 
     def _transaction_control(self, client: int, piece: Piece) -> dict[str, Any]:
         """Map the migration's transaction control onto savepoints of the runner's transaction."""

@@ -87,6 +87,8 @@ class Piece:
     savepoint: str | None = None  # SAVEPOINT / RELEASE / ROLLBACK TO: the name
     command: str = ""  # the command tag PostgreSQL reports for it (BEGIN, COMMIT, SET, ...)
     introspection: bool = False
+    #: PostgreSQL's grammar accepted it (False: sent as is, for the server to report the error)
+    parsed: bool = True
 
     @property
     def label(self) -> str:
@@ -101,10 +103,12 @@ def analyze(sql: str) -> list[Piece]:
     A string pglast cannot parse is returned whole as one plain statement: the server will
     report the syntax error itself, in its own words.
     """
+    if "\x00" in sql:  # libpq would cut the text there: let the server see what it gets
+        return [Piece(sql, Kind.PLAIN, parsed=False)]
     try:
         tree = json.loads(pg_parser.parse_sql_json(sql))
     except Exception:
-        return [Piece(sql, Kind.PLAIN)]
+        return [Piece(sql, Kind.PLAIN, parsed=False)]
     stmts: list[dict[str, Any]] = tree.get("stmts", [])
     if len(stmts) <= 1:
         node = stmts[0]["stmt"] if stmts else {}

@@ -214,6 +214,9 @@ async function loadMigration(file) {
 
 class Bridge {
   constructor() {
+    // Type OIDs learnt by the first migration's Sequelize instance (its pg_type query),
+    // handed to later instances as sequelize-cli's single instance would keep them.
+    this.typeOids = null;
     this.nextQueryId = 1;
     this.pending = new Map();
     this.current = null;
@@ -244,6 +247,21 @@ class Bridge {
     }
     // Runs and metadata reads are strictly sequential.
     this.queue = this.queue.then(() => (msg.t === 'run' ? this.run(msg) : this.meta(msg)));
+  }
+
+  adoptTypeOids(sequelize) {
+    const cm = sequelize.connectionManager;
+    if (!this.typeOids || !cm.nameOidMap || !Sequelize.DataTypes.postgres) return;
+    cm.nameOidMap = this.typeOids.nameOidMap;
+    cm.enumOids = this.typeOids.enumOids;
+    cm.refreshTypeParser(Sequelize.DataTypes.postgres);
+  }
+
+  keepTypeOids(sequelize) {
+    const cm = sequelize.connectionManager;
+    if (cm.nameOidMap && Object.keys(cm.nameOidMap).length) {
+      this.typeOids = { nameOidMap: cm.nameOidMap, enumOids: cm.enumOids };
+    }
   }
 
   async meta(msg) {
@@ -278,6 +296,7 @@ class Bridge {
       }
       const pgShim = createPgShim(realPg, pgMainPath, run);
       sequelize = new Sequelize(sequelizeOptions(INIT.sequelizeOptions, pgShim, msg.dbv));
+      this.adoptTypeOids(sequelize);
       const query = sequelize.query.bind(sequelize);
       sequelize.query = (sql, options) =>
         run.state === 'running' ? query(sql, options) : Promise.reject(run.lateError(sql));
@@ -300,6 +319,7 @@ class Bridge {
     run.state = 'closed';
     if (!error && run.asyncErrors.length) error = run.asyncErrors[0];
     if (sequelize) {
+      this.keepTypeOids(sequelize);
       // Idle clients only; a client still held by unfinished code is refused from now on.
       sequelize.connectionManager.pool.destroyAllNow().catch(() => {});
     }

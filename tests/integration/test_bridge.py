@@ -212,6 +212,15 @@ def test_caught_error_leaves_the_runner_transaction_usable(
     assert exists(db, "after_catch") and exists(db, "recorded_after")
 
 
+def test_statement_cut_by_a_nul_byte_is_refused_and_the_migration_goes_on(
+    bridge: NodeBridge, runner_conn: psycopg.Connection, db: psycopg.Connection, captured: Captured
+) -> None:
+    out = run_in_transaction(bridge, runner_conn, "nul-byte.js")
+    assert exists(db, "after_nul")
+    assert [s.sqlstate for s in out.statements if s.sqlstate] == ["42601"]
+    assert '[nul-byte.js] refused: unterminated quoted string at or near "\'a"' in captured.text
+
+
 def test_migration_commits_are_savepoints_of_the_runner_transaction(
     bridge: NodeBridge, runner_conn: psycopg.Connection, db: psycopg.Connection
 ) -> None:
