@@ -71,6 +71,10 @@ class BridgeOptions:
     env: Mapping[str, str] | None = None
     node: str = "node"
     node_args: Sequence[str] = ("--max-semi-space-size=1",)
+    #: lock_timeout (seconds) for connections a migration opens itself through the real pg
+    #: (PGOPTIONS, unless already set). Such a connection waiting for a lock held by the
+    #: runner's open transaction would otherwise wait forever; None disables.
+    own_connection_lock_timeout: float | None = 60.0
 
 
 @dataclass
@@ -422,6 +426,9 @@ class NodeBridge:
         if env.get("NODE_PATH"):
             node_path.append(env["NODE_PATH"])
         env["NODE_PATH"] = os.pathsep.join(node_path)
+        timeout = self.options.own_connection_lock_timeout
+        if timeout and "PGOPTIONS" not in env:
+            env["PGOPTIONS"] = f"-c lock_timeout={max(1, int(timeout * 1000))}"
         init = json.dumps(
             {
                 "sequelizeDir": str(packages.sequelize_dir),
@@ -573,9 +580,17 @@ class NodeBridge:
             raise self._statement_failure(name, direction, sticky)
         if not msg.get("ok"):
             err = msg.get("err") or {}
-            raise MigrationFailed(
-                self._js_failure(name, direction, err), sqlstate=err.get("code") or None
-            )
+            sqlstate = err.get("code") or None
+            text = self._js_failure(name, direction, err)
+            if err.get("external") and sqlstate == "55P03":
+                # Most likely waiting for a lock its own (migrunner's) transaction holds: a
+                # retry would wait again. Not retryable; say what to do instead.
+                text += (
+                    " — on a connection the migration opened itself, which cannot see or wait "
+                    "for the runner's open transaction; declare it useTransaction: false"
+                )
+                sqlstate = None
+            raise MigrationFailed(text, sqlstate=sqlstate)
         stragglers = [*msg.get("running", []), *msg.get("late", [])]
         if stragglers:
             raise MigrationFailed(

@@ -189,6 +189,8 @@ function describeError(err, file) {
     out.message = pgErr.message;
     if (pgErr.detail) out.detail = pgErr.detail;
     out.sql = pgErr.migrunnerSql || err.sql;
+    // Not from the bridge: the migration's own connection (a second Sequelize, the app's models).
+    if (pgErr.migrunnerSql === undefined) out.external = true;
   } else if (err.sql) {
     out.sql = err.sql;
   }

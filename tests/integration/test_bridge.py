@@ -360,6 +360,25 @@ def test_unhandled_rejection_fails_the_migration(
     assert 'relation "not_there_either" does not exist' in info.value.message
 
 
+def test_own_connection_waiting_for_the_runner_transaction_fails_instead_of_hanging(
+    db_url: str, runner_conn: psycopg.Connection, db: psycopg.Connection, captured: Captured
+) -> None:
+    db.execute("CREATE TABLE waits_target (id int); INSERT INTO waits_target VALUES (1)")
+    env = {k: v for k, v in os.environ.items() if k != "PGOPTIONS"} | {"DATABASE_URL": db_url}
+    options = BridgeOptions(search_dirs=(BRIDGE,), env=env, own_connection_lock_timeout=0.3)
+    with (
+        NodeBridge(options, captured.log) as bridge,
+        pytest.raises(MigrationFailed) as info,
+    ):
+        run_in_transaction(bridge, runner_conn, "own-connection-waits.js")
+    assert info.value.sqlstate is None
+    assert info.value.message.startswith(
+        "own-connection-waits.js (up): canceling statement due to lock timeout [SQLSTATE 55P03] "
+        "in: UPDATE waits_target SET id = id + 1 — on a connection the migration opened itself"
+    )
+    assert db.execute("SELECT id FROM waits_target").fetchall() == [(1,)]
+
+
 # -- process and connection failures ----------------------------------------------------------
 
 
