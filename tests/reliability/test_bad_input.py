@@ -339,6 +339,55 @@ CASES = [
             '{"development": {"dialect": "mysql", "host": "127.0.0.1"}}', "database.json"
         ),
     ),
+    Case(
+        "js-syntax-error",
+        1,
+        r"002-x\.js: SyntaxError: Unexpected identifier .* at 002-x\.js:4",
+        files={
+            "002-x.js": "module.exports = {\n  async up(queryInterface) {\n    await queryInterface.createTable('x', {});\n    this is not javascript;\n  },\n};\n"
+        },
+        app_only=True,
+    ),
+    Case(
+        "js-throws-halfway",
+        1,
+        r"002-x\.js \(up\).*deliberate failure",
+        files={
+            "002-x.js": "module.exports = {\n  async up(qi, S) {\n    await qi.createTable('x1', {id: {type: S.INTEGER, primaryKey: true}});\n    await qi.sequelize.transaction(async (t) => { await qi.createTable('x2', {id: {type: S.INTEGER, primaryKey: true}}, {transaction: t}); });\n    throw new Error('deliberate failure');\n  },\n};\n"
+        },
+        app_only=True,
+    ),
+    Case(
+        "js-statement-fails",
+        1,
+        r"002-x\.js \(up\): relation \"public\.nope\" does not exist \[SQLSTATE 42P01\] in: ALTER TABLE",
+        files={
+            "002-x.js": "module.exports = {\n  async up(qi, S) {\n    await qi.createTable('x1', {id: {type: S.INTEGER, primaryKey: true}});\n    await qi.addColumn('nope', 'c', S.INTEGER);\n  },\n};\n"
+        },
+        app_only=True,
+    ),
+    Case(
+        "js-missing-down",
+        1,
+        r"30000000000000-x\.js.*down",
+        args=("down",),
+        files={
+            "30000000000000-x.js": "module.exports = {\n  async up(qi, S) {\n    await qi.createTable('x1', {id: {type: S.INTEGER, primaryKey: true}});\n  },\n};\n"
+        },
+        edit=lambda folder, url: apply_x(folder, url),
+        app_only=True,
+    ),
+    Case(
+        "js-down-returns-nothing",
+        1,
+        r"30000000000000-x\.js \(down\): Migration 30000000000000-x\.js \(or wrapper\) didn't return a promise",
+        args=("down",),
+        files={
+            "30000000000000-x.js": "module.exports = {\n  async up(qi, S) {\n    await qi.createTable('x1', {id: {type: S.INTEGER, primaryKey: true}});\n  },\n  down(qi) {\n    qi.dropTable('x1');\n  },\n};\n"
+        },
+        edit=lambda folder, url: apply_x(folder, url),
+        app_only=True,
+    ),
 ]
 
 
