@@ -145,11 +145,13 @@ class Migrator:
             self.check_drift(src, state)
             if not plan:
                 return RunReport(plan)  # nothing pending: no lock, no node
-            with MigrationLock(self.settings, self.log) as lock:
-                state = guarded(lambda: self.read_state(conn))
-                self.check_drift(src, state)
-                plan = plan_up(src.migrations, state.applied, to)
-                return self.execute(conn, plan, dry_run, lock)
+            with Executors(self.settings, self.log) as executors:
+                executors.prepare(plan)  # node boots while we wait for the lock
+                with MigrationLock(self.settings, self.log) as lock:
+                    state = guarded(lambda: self.read_state(conn))
+                    self.check_drift(src, state)
+                    plan = plan_up(src.migrations, state.applied, to)
+                    return self.execute(conn, plan, dry_run, lock, executors)
 
     def down(
         self,
@@ -162,10 +164,14 @@ class Migrator:
         wait: bool = False,
     ) -> RunReport:
         src = self.source()
-        with self.connection(wait) as conn, MigrationLock(self.settings, self.log) as lock:
+        with (
+            self.connection(wait) as conn,
+            Executors(self.settings, self.log) as executors,
+            MigrationLock(self.settings, self.log) as lock,
+        ):
             state = guarded(lambda: self.read_state(conn))
             plan = plan_down(src.migrations, state.applied, step=step, to=to, all=all, name=name)
-            return self.execute(conn, plan, dry_run, lock)
+            return self.execute(conn, plan, dry_run, lock, executors)
 
     def check_drift(self, src: Source, state: State) -> None:
         found = drift(src.migrations, state.applied, state.checksums)
@@ -179,27 +185,26 @@ class Migrator:
         )
 
     def execute(
-        self, conn: psycopg.Connection, plan: Plan, dry_run: bool, lock: MigrationLock
+        self,
+        conn: psycopg.Connection,
+        plan: Plan,
+        dry_run: bool,
+        lock: MigrationLock,
+        executors: Executors,
     ) -> RunReport:
         report = RunReport(plan)
         if not plan:
             return report
         self.server_version = conn.info.server_version
-        executors = Executors(self.settings, self.log)
-        try:
-            for mig in plan.steps:  # validate every file before the first one runs
-                if mig.kind == "sql":
-                    executors.sql.validate(mig, plan.direction)
-            if dry_run:
-                self.dry_run(conn, plan, executors, report)
-                return report
-            with_ts = guarded(lambda: self.ensure_tables(conn))
-            for i, mig in enumerate(plan.steps):
-                last = i == len(plan.steps) - 1
-                self.apply(conn, mig, plan.direction, executors, with_ts, last, lock.proof())
-                report.done.append(mig.name)
-        finally:
-            executors.close()
+        executors.prepare(plan)  # validates SQL files before the first migration runs
+        if dry_run:
+            self.dry_run(conn, plan, executors, report)
+            return report
+        with_ts = guarded(lambda: self.ensure_tables(conn))
+        for i, mig in enumerate(plan.steps):
+            last = i == len(plan.steps) - 1
+            self.apply(conn, mig, plan.direction, executors, with_ts, last, lock.proof())
+            report.done.append(mig.name)
         return report
 
     def ensure_tables(self, conn: psycopg.Connection) -> bool:
