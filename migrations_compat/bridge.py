@@ -257,10 +257,12 @@ class _NodeProcess:
             if not data:
                 self._mark_eof()
                 return
+            start = len(self._inbuf)  # scan only new data: big messages stay linear
             self._inbuf += data
-            while (nl := self._inbuf.find(b"\n")) >= 0:
+            while (nl := self._inbuf.find(b"\n", start)) >= 0:
                 line = bytes(self._inbuf[:nl])
                 del self._inbuf[: nl + 1]
+                start = 0
                 if line:
                     self._inbox.append(json.loads(line))
 

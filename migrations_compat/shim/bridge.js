@@ -42,18 +42,23 @@ class Channel {
   constructor(fd, onMessage) {
     this.sock = new net.Socket({ fd, readable: true, writable: true });
     this.sock.setEncoding('utf8');
-    let buf = '';
+    // Pieces of a line not yet complete; only new data is scanned, so a 50 MB reply costs
+    // linear time.
+    let parts = [];
     this.sock.on('data', (chunk) => {
-      buf += chunk;
+      let start = 0;
       let nl;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
+      while ((nl = chunk.indexOf('\n', start)) >= 0) {
+        parts.push(chunk.slice(start, nl));
+        const line = parts.length === 1 ? parts[0] : parts.join('');
+        parts = [];
+        start = nl + 1;
         if (line) {
           if (process.env.MIGRUNNER_BRIDGE_DEBUG) process.stderr.write(`<< ${line.slice(0, 200)}\n`);
           onMessage(JSON.parse(line));
         }
       }
+      if (start < chunk.length) parts.push(chunk.slice(start));
     });
     // The runner closed its end (finished, or died): nothing left to do.
     this.sock.on('end', () => process.exit(0));

@@ -458,6 +458,13 @@ def test_esm_migration_is_loaded_with_import(
 # -- cost -----------------------------------------------------------------------------------------
 
 
+def test_large_statements_and_results(
+    bridge: NodeBridge, runner_conn: psycopg.Connection, db: psycopg.Connection
+) -> None:
+    run_in_transaction(bridge, runner_conn, "big.js")
+    assert db.execute("SELECT length(v) FROM big").fetchone() == (3 * 1024 * 1024,)
+
+
 def test_round_trip_and_memory(
     bridge: NodeBridge, runner_conn: psycopg.Connection, db: psycopg.Connection
 ) -> None:
