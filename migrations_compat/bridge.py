@@ -593,14 +593,14 @@ class NodeBridge:
                 )
                 sqlstate = None
             raise MigrationFailed(text, sqlstate=sqlstate)
-        stragglers = [*msg.get("running", []), *msg.get("late", [])]
-        if stragglers:
-            raise MigrationFailed(
-                self._secrets.redact(
-                    f"{name} ({direction}): query issued after {direction}() resolved: "
-                    f"{first_line(str(stragglers[0]))} — missing await?"
+        for key, what in (("running", "still running when"), ("late", "issued after")):
+            if msg.get(key):
+                raise MigrationFailed(
+                    self._secrets.redact(
+                        f"{name} ({direction}): query {what} {direction}() resolved: "
+                        f"{first_line(str(msg[key][0]))} — missing await?"
+                    )
                 )
-            )
         if problem is not None:
             raise MigrationFailed(self._secrets.redact(f"{name} ({direction}): {problem}"))
         return BridgeOutcome(

@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -334,6 +336,45 @@ def test_missing_await_fails_the_migration(
     )
     assert info.value.message.endswith("— missing await?")
     assert not exists(db, "never_awaited")
+
+
+def test_query_still_running_when_up_resolves_fails_the_migration(
+    db_url: str, runner_conn: psycopg.Connection, db: psycopg.Connection, tmp_path: Path
+) -> None:
+    db.execute("CREATE TABLE gate (id int)")
+    resolved = tmp_path / "resolved"
+    env = {**os.environ, "MIGRUNNER_TEST_RESOLVED_FILE": str(resolved)}
+    with (
+        psycopg.connect(db_url, autocommit=True) as holder,
+        psycopg.connect(db_url, autocommit=True) as watcher,
+    ):
+        holder.execute("BEGIN")
+        holder.execute("LOCK TABLE gate IN ACCESS EXCLUSIVE MODE")
+
+        def release_once_blocked_and_resolved() -> None:
+            # The query waits on our lock (the database says so) and up() has resolved.
+            blocked = (
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query LIKE '%SELECT * FROM gate%')"
+            )
+            while not (resolved.exists() and watcher.execute(blocked).fetchone()[0]):
+                time.sleep(0.01)
+            holder.execute("ROLLBACK")
+
+        releaser = threading.Thread(target=release_once_blocked_and_resolved)
+        releaser.start()
+        try:
+            with (
+                NodeBridge(BridgeOptions(search_dirs=(BRIDGE,), env=env), Log()) as bridge,
+                pytest.raises(MigrationFailed) as info,
+            ):
+                run_in_transaction(bridge, runner_conn, "still-running.js")
+        finally:
+            releaser.join()
+    assert info.value.message == (
+        "still-running.js (up): query still running when up() resolved: SELECT * FROM gate "
+        "— missing await?"
+    )
 
 
 def test_query_through_a_finished_migration_is_refused_and_reported(
