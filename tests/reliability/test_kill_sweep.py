@@ -18,9 +18,9 @@ from collections import Counter
 import psycopg
 import pytest
 
-from runner.lock import lock_key, pg_locks_ids
 from tests.conftest import FIXTURES, popen_cli, run_cli
 from tests.support.pg import create_database, drop_database
+from tests.support.runners import advisory_held
 from tests.support.state import backends, dump, history_rows, meta_rows, wait_for
 
 SWEEP = FIXTURES / "sweep" / "migrations"
@@ -45,15 +45,9 @@ def applied_objects(url: str) -> tuple[str, ...]:
         return tuple(n for n in NAMES if conn.execute(PROBES[n]).fetchone() == (True,))
 
 
-def lock_free(url: str) -> bool:
-    classid, objid = pg_locks_ids(lock_key(None, "SequelizeMeta"))
+def advisory_held_at(url: str) -> bool:
     with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s::oid "
-            "AND objid = %s::oid AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            (classid, objid),
-        ).fetchone()
-    return row == (0,)
+        return advisory_held(conn)
 
 
 def committed(conn: psycopg.Connection) -> int:
@@ -104,7 +98,7 @@ def test_kill_sweep(pg_server: str) -> None:
             for stream in (proc.stdout, proc.stderr):
                 stream and stream.close()
             wait_for(lambda u=url: not backends(u, "migrunner/%"), what=f"kill {i}: sessions gone")
-            assert lock_free(url), f"kill {i}: the advisory lock outlived the runner"
+            assert not advisory_held_at(url), f"kill {i}: the advisory lock outlived the runner"
             recorded = meta_rows(url)
             assert applied_objects(url) == recorded, (
                 f"kill {i}: applied {applied_objects(url)} but recorded {recorded}"

@@ -15,6 +15,7 @@ import pytest
 
 from runner.lock import lock_key, pg_locks_ids
 from tests.conftest import FIXTURES, popen_cli, run_cli
+from tests.support.runners import finish, gated_copy, start_blocked
 from tests.support.state import backends, history_rows, meta_rows, snapshot, wait_for
 
 EXAMPLE = FIXTURES / "example" / "migrations"
@@ -24,36 +25,7 @@ KEY = lock_key(None, "SequelizeMeta")
 
 def gated_example(tmp_path: Path, gate_key: int, target: str = NAMES[1]) -> Path:
     """The example, with ``target`` blocking on an advisory lock the test holds."""
-    folder = tmp_path / "m"
-    shutil.copytree(EXAMPLE, folder)
-    path = folder / target
-    body, down = path.read_text().split("-- migrate:down")
-    path.write_text(body + f"SELECT pg_advisory_xact_lock({gate_key});\n-- migrate:down" + down)
-    return folder
-
-
-def blocked_runner(db_url: str, folder: Path, target: str, *extra: str, env=None):  # type: ignore[no-untyped-def]
-    proc = popen_cli(
-        "up",
-        "--url",
-        db_url,
-        "--migrations-path",
-        str(folder),
-        "--statement-lock-timeout",
-        "60",
-        *extra,
-        env=env,
-    )
-    wait_for(
-        lambda: any(b[2] == "Lock" for b in backends(db_url, f"migrunner/% running {target}")),
-        what=f"runner blocked inside {target}",
-    )
-    return proc
-
-
-def finish(proc) -> tuple[int, str]:  # type: ignore[no-untyped-def]
-    _out, err = proc.communicate(timeout=60)
-    return proc.returncode, err
+    return gated_copy(EXAMPLE, tmp_path / "m", target, gate_key)
 
 
 def test_lock_status_shows_holder_migration_and_waiters(db_url: str, tmp_path: Path) -> None:
@@ -66,7 +38,7 @@ def test_lock_status_shows_holder_migration_and_waiters(db_url: str, tmp_path: P
     gate = psycopg.connect(db_url, autocommit=True)
     gate.execute("SELECT pg_advisory_lock(5151)")
     env = {"POD_NAME": "migrate-abc12", "POD_NAMESPACE": "educard"}
-    holder = blocked_runner(db_url, folder, NAMES[1], env=env)
+    holder = start_blocked(db_url, folder, NAMES[1], env=env)
     waiters = [popen_cli("up", "--url", db_url, "--migrations-path", str(folder)) for _ in range(2)]
     wait_for(lambda: len(backends(db_url, "migrunner/% waiting %")) == 2, what="2 waiters")
 
@@ -99,7 +71,7 @@ def test_lock_release_needs_force_and_rolls_the_holder_back(db_url: str, tmp_pat
     before = snapshot(db_url)
     gate = psycopg.connect(db_url, autocommit=True)
     gate.execute("SELECT pg_advisory_lock(5252)")
-    proc = blocked_runner(db_url, folder, NAMES[1])
+    proc = start_blocked(db_url, folder, NAMES[1])
 
     refused = run_cli("lock", "release", "--url", db_url)
     assert refused.returncode == 2 and "without --force" in refused.stderr
@@ -128,7 +100,7 @@ def test_lock_release_without_privilege_is_a_clear_error(
         admin.execute(f'CREATE ROLE "{role}" LOGIN')
     gate = psycopg.connect(db_url, autocommit=True)
     gate.execute("SELECT pg_advisory_lock(5353)")
-    proc = blocked_runner(db_url, folder, NAMES[1])
+    proc = start_blocked(db_url, folder, NAMES[1])
     weak = db_url.replace("postgres@", f"{role}@")
     try:
         r = run_cli("lock", "release", "--force", "--url", weak)
@@ -170,7 +142,7 @@ def test_backend_terminated_mid_migration(
     )
     before = snapshot(db_url)
     db.execute("SELECT pg_advisory_lock(5454)")
-    proc = blocked_runner(db_url, folder, NAMES[1])
+    proc = start_blocked(db_url, folder, NAMES[1])
     ((pid, *_),) = backends(db_url, f"migrunner/% running {NAMES[1]}")
     db.execute("SELECT pg_terminate_backend(%s)", (pid,))
     code, err = finish(proc)
@@ -208,7 +180,7 @@ def test_server_restart_mid_run(db_url: str, tmp_path: Path) -> None:
     before = snapshot(db_url)
     gate = psycopg.connect(db_url, autocommit=True)
     gate.execute("SELECT pg_advisory_lock(5555)")
-    proc = blocked_runner(db_url, folder, NAMES[1])
+    proc = start_blocked(db_url, folder, NAMES[1])
     subprocess.run(
         [
             "pg_ctlcluster",

@@ -6,7 +6,6 @@ All synchronisation is on what PostgreSQL reports (pg_stat_activity, pg_locks), 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 from collections import Counter
 from pathlib import Path
@@ -14,24 +13,14 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from runner.lock import lock_key, pg_locks_ids
+from runner.lock import lock_key
 from tests.conftest import FIXTURES, popen_cli, run_cli
+from tests.support.runners import advisory_held, finish, gated_copy, start_blocked
 from tests.support.state import backends, history_rows, meta_rows, snapshot, wait_for
 
 EXAMPLE = FIXTURES / "example" / "migrations"
 NAMES = sorted(p.name for p in EXAMPLE.iterdir())
 KEY = lock_key(None, "SequelizeMeta")
-
-
-def advisory_held(db: psycopg.Connection, key: int = KEY) -> bool:
-    classid, objid = pg_locks_ids(key)
-    row = db.execute(
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-        "AND classid = %s::oid AND objid = %s::oid AND objsubid = 1 "
-        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-        (classid, objid),
-    ).fetchone()
-    return bool(row and row[0])
 
 
 def test_sixteen_runners_apply_each_migration_once(db_url: str, db: psycopg.Connection) -> None:
@@ -97,51 +86,25 @@ def test_concurrent_index_with_waiting_runners_does_not_deadlock(
 def test_kill_9_mid_migration_leaves_nothing_half_done(
     db_url: str, db: psycopg.Connection, tmp_path: Path, where: str
 ) -> None:
-    folder = tmp_path / "m"
-    shutil.copytree(EXAMPLE, folder)
     target = NAMES[0] if where == "first" else NAMES[1]
-    path = folder / target
-    text = path.read_text()
-    # Block inside the migration after its first statements ran: an advisory lock the test holds.
-    marker = "-- migrate:down"
-    body, down = text.split(marker)
-    path.write_text(body + "SELECT pg_advisory_xact_lock(4243);\n" + marker + down)
+    folder = gated_copy(EXAMPLE, tmp_path / "m", target, 4243)
     if where == "middle":
-        assert (
-            run_cli(
-                "up", "--to", NAMES[0], "--url", db_url, "--migrations-path", str(folder)
-            ).returncode
-            == 0
-        )
+        first = run_cli("up", "--to", NAMES[0], "--url", db_url, "--migrations-path", str(folder))
+        assert first.returncode == 0, first.stderr
     before = snapshot(db_url, app_only=True)
     gate = psycopg.connect(db_url, autocommit=True)
     gate.execute("SELECT pg_advisory_lock(4243)")
-    args = (
-        "up",
-        "--url",
-        db_url,
-        "--migrations-path",
-        str(folder),
-        "--statement-lock-timeout",
-        "60",
-    )
-    proc = popen_cli(*args)
-    wait_for(
-        lambda: any(b[2] == "Lock" for b in backends(db_url, f"migrunner/% running {target}")),
-        what="runner blocked mid-migration",
-    )
+    proc = start_blocked(db_url, folder, target)
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
-    assert proc.returncode == -signal.SIGKILL
-    proc.stdout and proc.stdout.close()
-    proc.stderr and proc.stderr.close()
-    # The server notices the dead client and ends its sessions, freeing the lock.
+    assert finish(proc)[0] == -signal.SIGKILL
+    # The server notices the dead client (client_connection_check_interval) and ends its
+    # sessions, rolling back and freeing the lock, although the gate still blocks the statement.
     wait_for(lambda: not backends(db_url, "migrunner/%"), what="runner backends to go away")
     assert not advisory_held(db)
     after = snapshot(db_url, app_only=True)
     assert (after.schema, after.meta) == (before.schema, before.meta)
     gate.execute("SELECT pg_advisory_unlock(4243)")
     gate.close()
-    r = run_cli(*args)
+    r = run_cli("up", "--url", db_url, "--migrations-path", str(folder))
     assert r.returncode == 0, r.stderr
     assert meta_rows(db_url) == tuple(NAMES)
