@@ -15,7 +15,10 @@ Usage: container/build-image.sh [COMMAND] [OPTIONS]
 
 Commands:
   build [--tag T] [--base IMAGE] [--no-cache] [--refresh-base]
-                     build container/Dockerfile from the repository root (default command)
+        [--file DOCKERFILE] [--context DIR] [--build-arg K=V]...
+                     build container/Dockerfile from the repository root (default command);
+                     --file/--context build another Dockerfile, e.g. a derived image
+                     (Dockerfile.app-migrations) FROM an image already built here
   base [--base IMAGE] [--refresh-base]
                      only make sure the base image exists (pull, else debootstrap)
   run [--read-only] [-v SRC:DST[:ro]]... [-e K=V]... IMAGE -- CMD [ARGS...]
@@ -44,6 +47,9 @@ tag=localhost/migrunner:dev
 base=docker.io/library/debian:bookworm-slim
 no_cache=()
 refresh_base=0
+dockerfile=
+context=
+build_args=()
 
 log() { printf 'build-image: %s\n' "$*" >&2; }
 die() {
@@ -102,18 +108,28 @@ ensure_base() {
 
 build() {
   mkdir -p "$cache"
-  ensure_base
+  [[ -n $dockerfile ]] || ensure_base
   local secret=() revision created source
   [[ -s $ca_bundle ]] && secret=(--secret "id=cacert,src=$ca_bundle")
   revision=$(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)
   source=$(git -C "$root" remote get-url origin 2>/dev/null || true)
   created=$(date -u +%Y-%m-%dT%H:%M:%SZ)
   log "building $tag from $base"
-  "${bh[@]}" build --isolation chroot --network host ${MIGRUNNER_BUILD_LAYERS:+--layers} "${no_cache[@]}" \
-    --ignorefile "$here/Dockerfile.dockerignore" "${secret[@]}" \
-    --build-arg "BASE_IMAGE=$base" --build-arg "REVISION=$revision" \
-    --build-arg "CREATED=$created" --build-arg "SOURCE=$source" \
-    -f "$here/Dockerfile" -t "$tag" "$root" >&2
+  local file=${dockerfile:-$here/Dockerfile} ctx=${context:-$root} extra=()
+  if [[ -z $dockerfile ]]; then
+    extra=(--ignorefile "$here/Dockerfile.dockerignore"
+      --build-arg "BASE_IMAGE=$base" --build-arg "REVISION=$revision"
+      --build-arg "CREATED=$created" --build-arg "SOURCE=$source")
+  fi
+  local arg
+  for arg in "${build_args[@]}"; do extra+=(--build-arg "$arg"); done
+  # Layer caching is off by default: with vfs every cached step is a full copy of the root
+  # filesystem, which made a cold build 2x slower than no cache (MIGRUNNER_BUILD_LAYERS=1).
+  # --pull=never: FROM images come from this storage (the debootstrapped base, or images
+  # built here), never from a registry this machine cannot reach.
+  "${bh[@]}" build --isolation chroot --network host --pull=never \
+    ${MIGRUNNER_BUILD_LAYERS:+--layers} "${no_cache[@]}" "${secret[@]}" "${extra[@]}" \
+    -f "$file" -t "$tag" "$ctx" >&2
   # Each rebuild leaves the previous image's layers behind; vfs stores them as full copies.
   "${bh[@]}" rmi --prune >/dev/null 2>&1 || true
   log "built $tag"
@@ -198,10 +214,13 @@ exec chroot "$m" /usr/bin/env -i PATH="$PATH_IN" HOME=/tmp TMPDIR=/tmp \
 }
 
 size() {
-  local id bytes tmp compressed
+  local id ctr mnt bytes tmp compressed
   id=$("${bh[@]}" inspect --type image --format '{{.FromImageID}}' "$tag")
-  bytes=$("${bh[@]}" images --json "$tag" | python3 -c \
-    'import json,sys; print(json.load(sys.stdin)[0]["size"])')
+  ctr=$("${bh[@]}" from --pull-never -q "$tag")
+  mnt=$("${bh[@]}" mount "$ctr")
+  bytes=$(du -sb "$mnt" | cut -f1)
+  "${bh[@]}" umount "$ctr" >/dev/null
+  "${bh[@]}" rm "$ctr" >/dev/null
   tmp=$(mktemp -d)
   "${bh[@]}" push -q --compression-format gzip "$tag" "oci:$tmp/img" >/dev/null
   compressed=$(du -sb "$tmp/img/blobs" | cut -f1)
@@ -235,6 +254,9 @@ while (($#)); do
     --base) base=${2:?--base needs a value} && shift ;;
     --no-cache) no_cache=(--no-cache) ;;
     --refresh-base) refresh_base=1 ;;
+    --file) dockerfile=${2:?--file needs a value} && shift ;;
+    --context) context=${2:?--context needs a value} && shift ;;
+    --build-arg) build_args+=("${2:?--build-arg needs a value}") && shift ;;
     -h | --help)
       usage
       exit 0
