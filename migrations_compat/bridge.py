@@ -17,8 +17,10 @@ A migration can opt out of the runner's transaction (sequelize-cli semantics, e.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import selectors
 import socket
 import subprocess
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import psycopg
 from psycopg import pq
@@ -50,6 +52,11 @@ SUPPORTED_SEQUELIZE_MAJOR = 6
 _STARTUP_TIMEOUT = 60.0
 _STOP_TIMEOUT = 3.0
 _STDERR_TAIL = 30
+_SHORT_SECRET = 4
+#: Config keys about reaching the database: never sent to node (the bridge is the connection).
+_CONNECTION_KEYS = frozenset(
+    {"host", "port", "username", "password", "database", "url", "use_env_variable", "replication"}
+)
 
 Direction = Literal["up", "down"]
 
@@ -151,15 +158,15 @@ class _NodeProcess:
 
     def __init__(
         self,
-        argv: list[str],
-        init: str,
+        script: list[str],
+        args: list[str],
         env: Mapping[str, str],
         on_output: Callable[[str, str], None],
     ) -> None:
         parent, child = socket.socketpair()
         try:
             self.proc = subprocess.Popen(
-                [*argv, str(child.fileno()), init],
+                [*script, str(child.fileno()), *args],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -342,7 +349,7 @@ class _Secrets:
         for key, value in env.items():
             if not value:
                 continue
-            if "PASSWORD" in key.upper():
+            if any(word in key.upper() for word in ("PASS", "SECRET", "TOKEN")):
                 self.values.add(value)
             elif "://" in value:
                 try:
@@ -350,6 +357,7 @@ class _Secrets:
                 except ValueError:
                     password = None
                 if password:
+                    self.values.add(unquote(password))
                     self.values.add(password)
 
     def add(self, value: str | None) -> None:
@@ -357,9 +365,13 @@ class _Secrets:
             self.values.add(value)
 
     def redact(self, text: str) -> str:
-        for secret in self.values:
-            if secret in text:
+        for secret in sorted(self.values, key=len, reverse=True):
+            if secret not in text:
+                continue
+            if len(secret) >= _SHORT_SECRET:
                 text = text.replace(secret, "***")
+            else:  # a very short one only as a word of its own, or every message is garbled
+                text = re.sub(rf"(?<!\w){re.escape(secret)}(?!\w)", "***", text)
         return text
 
 
@@ -431,20 +443,23 @@ class NodeBridge:
         timeout = self.options.own_connection_lock_timeout
         if timeout and "PGOPTIONS" not in env:
             env["PGOPTIONS"] = f"-c lock_timeout={max(1, int(timeout * 1000))}"
-        init = json.dumps(
-            {
-                "sequelizeDir": str(packages.sequelize_dir),
-                "pgDir": str(packages.pg_dir),
-                "sequelizeOptions": dict(self.options.sequelize_options),
-            }
-        )
+        options = {
+            k: v for k, v in self.options.sequelize_options.items() if k not in _CONNECTION_KEYS
+        }
         try:
-            argv = [self.options.node, *self.options.node_args, str(BRIDGE_JS)]
-            self._node = _NodeProcess(argv, init, env, self._forward)
+            self._node = _NodeProcess(
+                [self.options.node, *self.options.node_args, str(BRIDGE_JS)],
+                [str(packages.sequelize_dir), str(packages.pg_dir)],
+                env,
+                self._forward,
+            )
         except FileNotFoundError as exc:
             raise ConfigError(
                 f"node not found ({self.options.node!r}): JS migrations need Node.js"
             ) from exc
+        # Options travel on the socket, not in argv where any local user's ps could read them.
+        with contextlib.suppress(_NodeGone):  # reported with node's stderr by _started()
+            self._node.send({"t": "init", "sequelizeOptions": options})
         return self._node
 
     def _started(self) -> _NodeProcess:

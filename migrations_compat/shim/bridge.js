@@ -4,11 +4,12 @@
  * every statement they issue on its own connection, inside its own transaction.
  *
  * Started once per run by migrations_compat/bridge.py as
- *   node bridge.js <protocol-fd> <init-json>
+ *   node bridge.js <protocol-fd> <sequelize-dir> <pg-dir>
  * The protocol is JSON lines over the socket on <protocol-fd>, never stdout: migrations print to
  * stdout/stderr, and the runner forwards those lines to its log.
  *
- * Python -> node: {t:'run', id, path, dir, sv, dbv}   run up()/down() of one migration file
+ * Python -> node: {t:'init', sequelizeOptions}        first message (kept out of argv / ps)
+ *                 {t:'run', id, path, dir, sv, dbv}   run up()/down() of one migration file
  *                 {t:'meta', id, path}                  read a file's `useTransaction` flag
  *                 {t:'r', id, r|e}                      result (or error) of query `id`
  * node -> Python: {t:'ready', version, path, pgPath}  once sequelize is loaded
@@ -23,14 +24,13 @@ const path = require('path');
 const { pathToFileURL } = require('url');
 const { createPgShim } = require('./pg-shim');
 
-const PROTOCOL_FD = Number(process.argv[2]);
-const INIT = JSON.parse(process.argv[3]);
+const [PROTOCOL_FD, SEQUELIZE_DIR, PG_DIR] = [Number(process.argv[2]), process.argv[3], process.argv[4]];
 
 // Resolved by the Python side (app's node_modules first, shim's as fallback); NODE_PATH points
 // at the same node_modules so a migration's own require('sequelize') gets this very copy.
-const Sequelize = require(INIT.sequelizeDir);
-const realPg = require(INIT.pgDir);
-const pgMainPath = require.resolve(INIT.pgDir);
+const Sequelize = require(SEQUELIZE_DIR);
+const realPg = require(PG_DIR);
+const pgMainPath = require.resolve(PG_DIR);
 
 // How many event-loop turns without a new query must pass after up()/down() settles before
 // the migration is considered finished; queries issued later are rejected and reported.
@@ -224,6 +224,7 @@ class Bridge {
     // Type OIDs learnt by the first migration's Sequelize instance (its pg_type query),
     // handed to later instances as sequelize-cli's single instance would keep them.
     this.typeOids = null;
+    this.sequelizeOptions = {};
     this.nextQueryId = 1;
     this.pending = new Map();
     this.current = null;
@@ -250,6 +251,10 @@ class Bridge {
         this.pending.delete(msg.id);
         cb(msg);
       }
+      return;
+    }
+    if (msg.t === 'init') {
+      this.sequelizeOptions = msg.sequelizeOptions || {};
       return;
     }
     // Runs and metadata reads are strictly sequential.
@@ -302,7 +307,7 @@ class Bridge {
         throw e;
       }
       const pgShim = createPgShim(realPg, pgMainPath, run);
-      sequelize = new Sequelize(sequelizeOptions(INIT.sequelizeOptions, pgShim, msg.dbv));
+      sequelize = new Sequelize(sequelizeOptions(this.sequelizeOptions, pgShim, msg.dbv));
       this.adoptTypeOids(sequelize);
       const query = sequelize.query.bind(sequelize);
       sequelize.query = (sql, options) =>
@@ -345,7 +350,7 @@ class Bridge {
 const bridge = new Bridge();
 bridge.channel.send({
   t: 'ready',
-  version: Sequelize.version || require(path.join(INIT.sequelizeDir, 'package.json')).version,
-  path: INIT.sequelizeDir,
-  pgPath: INIT.pgDir,
+  version: Sequelize.version || require(path.join(SEQUELIZE_DIR, 'package.json')).version,
+  path: SEQUELIZE_DIR,
+  pgPath: PG_DIR,
 });

@@ -28,7 +28,7 @@ from migrations_compat.bridge_sql import (
     LABEL_STATEMENT,
     LABEL_TRANSACTION_CONTROL,
 )
-from runner.errors import DatabaseUnavailable, MigrationFailed
+from runner.errors import ConfigError, DatabaseUnavailable, MigrationFailed
 from runner.log import Log
 from tests.conftest import FIXTURES, ROOT
 
@@ -150,6 +150,49 @@ def test_json_log_lines_carry_the_migration(db_url: str, runner_conn: psycopg.Co
     records = [json.loads(line) for line in captured.text.splitlines()]
     hello = next(r for r in records if r["msg"].endswith("hello from the migration"))
     assert hello["migration"] == "console.js" and hello["stream"] == "stdout"
+
+
+def test_app_config_options_reach_sequelize_but_credentials_do_not(
+    db_url: str, runner_conn: psycopg.Connection, db: psycopg.Connection
+) -> None:
+    config = {
+        "timezone": "+05:30",
+        "define": {"underscored": True},
+        "password": "from-config",
+        "host": "db.example",
+        "pool": {"max": 1},
+    }
+    options = BridgeOptions(search_dirs=(BRIDGE,), sequelize_options=config)
+    with NodeBridge(options, Log(stream=io.StringIO())) as bridge:
+        run_in_transaction(bridge, runner_conn, "options.js")
+        pid = bridge.node_pid
+        assert pid is not None
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
+    assert "from-config" not in argv and "underscored" not in argv
+    assert db.execute("SELECT * FROM seen_options").fetchone() == (
+        "+05:30",
+        "<+05:30>-05:30",
+        True,
+        True,
+    )
+
+
+def test_node_that_cannot_start_is_a_config_error() -> None:
+    bad_flag = BridgeOptions(search_dirs=(BRIDGE,), node_args=("--no-such-flag",))
+    with (
+        NodeBridge(bad_flag, Log(stream=io.StringIO())) as bridge,
+        pytest.raises(
+            ConfigError,
+            match=r"the node bridge failed to start: exit code 9: .*bad option: --no-such-flag",
+        ),
+    ):
+        bridge.wants_transaction(BRIDGE / "console.js")
+    no_node = BridgeOptions(search_dirs=(BRIDGE,), node="/nonexistent/node")
+    with (
+        NodeBridge(no_node, Log(stream=io.StringIO())) as bridge,
+        pytest.raises(ConfigError, match=r"node not found"),
+    ):
+        bridge.wants_transaction(BRIDGE / "console.js")
 
 
 # -- errors -------------------------------------------------------------------------------------
