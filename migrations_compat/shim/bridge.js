@@ -225,6 +225,9 @@ class Bridge {
     // handed to later instances as sequelize-cli's single instance would keep them.
     this.typeOids = null;
     this.sequelizeOptions = {};
+    // Files whose up()/down() already ran here: a retry (lock timeout, deadlock, re-run outside
+    // a transaction) loads them afresh, as a new sequelize-cli process would.
+    this.ranFiles = new Set();
     this.nextQueryId = 1;
     this.pending = new Map();
     this.current = null;
@@ -297,6 +300,8 @@ class Bridge {
     let error = null;
     let sequelize = null;
     try {
+      if (this.ranFiles.has(run.file)) delete require.cache[run.file];
+      this.ranFiles.add(run.file);
       const migration = await loadMigration(run.file);
       // umzug v2's lookup, as sequelize-cli runs it.
       let fun = migration[run.dir];

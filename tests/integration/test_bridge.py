@@ -108,6 +108,16 @@ def test_values_come_back_exactly_as_the_real_pg_driver_returns_them(
     assert row == (b"\x00\x01\x02\xfe\xff", 9007199254740993, ["x", "y z", 'q"uote', "back\\slash"])
 
 
+def test_each_run_loads_the_migration_afresh(
+    bridge: NodeBridge, runner_conn: psycopg.Connection, db: psycopg.Connection
+) -> None:
+    # A retry after a lock timeout must not see module state left by the failed attempt.
+    assert bridge.wants_transaction(BRIDGE / "module-state.js") is None
+    run_in_transaction(bridge, runner_conn, "module-state.js")
+    run_in_transaction(bridge, runner_conn, "module-state.js")
+    assert db.execute("SELECT runs FROM module_state").fetchall() == [(1,), (1,)]
+
+
 def test_statements_are_recorded_with_labels(
     bridge: NodeBridge, runner_conn: psycopg.Connection
 ) -> None:
