@@ -1,0 +1,809 @@
+"""Benchmark harness: migrunner vs sequelize-cli vs the psql floor, on real PostgreSQL and node.
+
+Run from the repository root::
+
+    .venv/bin/python bench/run.py            # full run (~5 min on 2 cores), writes bench/RESULTS.md
+    .venv/bin/python bench/run.py --quick    # smoke mode: 1 run, 20 generated migrations
+
+Every measured run gets a fresh database (created from an empty or a pre-migrated template
+outside the timed region) and is checked afterwards (exit code, ``SequelizeMeta`` row count),
+so a fast failure is never reported as a fast run. Tools alternate run by run (A B A B ...)
+after the warm-up runs, so drift of the machine's state hits every tool alike.
+
+Results: ``bench/results/latest.json`` (every figure), a table on stdout, and with a full run
+``bench/RESULTS.md`` (the table, the machine and the versions) for the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from measure import MIB, Run, run_tree
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from workloads import write_js_app, write_sql, write_sql_concat
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+NODE_DIR = BENCH / "node"
+SEQUELIZE_CLI = NODE_DIR / "node_modules" / ".bin" / "sequelize-cli"
+FORUM = ROOT / "tests" / "fixtures" / "forum"
+EXAMPLE = ROOT / "tests" / "fixtures" / "example" / "migrations"
+LOCAL_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+SUCCESS = "Migrations completed successfully"
+FORUM_ARGS = [
+    "--config",
+    "src/config/database.js",
+    "--migrations-path",
+    "src/migrations",
+    "--env",
+    "production",
+]
+JS_ARGS = [
+    "--config",
+    "config/database.js",
+    "--migrations-path",
+    "migrations",
+    "--env",
+    "production",
+]
+
+
+# --------------------------------------------------------------------------- the database
+
+
+class Server:
+    """Scratch databases on the benchmark's PostgreSQL server; all dropped on close."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.params = conninfo_to_dict(url)
+        self.prefix = f"mrbench_{os.getpid()}"
+        self.created: list[str] = []
+        self.counter = 0
+
+    def admin(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.url, autocommit=True)
+
+    def create(self, template: str | None = None, name: str | None = None) -> str:
+        self.counter += 1
+        name = name or f"{self.prefix}_{self.counter}"
+        stmt = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template:
+            stmt += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+        with self.admin() as conn:
+            conn.execute(stmt)
+        self.created.append(name)
+        return name
+
+    def drop(self, name: str) -> None:
+        with self.admin() as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+        if name in self.created:
+            self.created.remove(name)
+
+    def close(self) -> None:
+        for name in list(self.created):
+            self.drop(name)
+
+    def db_url(self, name: str) -> str:
+        return urlunsplit(urlsplit(self.url)._replace(path="/" + name))
+
+    def scalar(self, dbname: str, query: str) -> Any:
+        with psycopg.connect(self.db_url(name=dbname), autocommit=True) as conn:
+            row = conn.execute(query).fetchone()
+        return row[0] if row else None
+
+    def meta_rows(self, dbname: str) -> int:
+        """Rows in SequelizeMeta (0 when the table does not exist)."""
+        exists = self.scalar(dbname, "SELECT to_regclass('public.\"SequelizeMeta\"') IS NOT NULL")
+        if not exists:
+            return 0
+        return int(self.scalar(dbname, 'SELECT count(*) FROM "SequelizeMeta"'))
+
+    def env(self, dbname: str) -> dict[str, str]:
+        """The same database for every tool, the way each one reads it: DB_* (the Job's
+        ConfigMap/Secret, read by the Sequelize configs), DATABASE_URL, and PG* for psql."""
+        p = self.params
+        env = {
+            "DB_HOST": str(p.get("host") or "127.0.0.1"),
+            "DB_PORT": str(p.get("port") or 5432),
+            "DB_NAME": dbname,
+            "DB_USER": str(p.get("user") or "postgres"),
+            "DATABASE_URL": self.db_url(dbname),
+            "PGHOST": str(p.get("host") or "127.0.0.1"),
+            "PGPORT": str(p.get("port") or 5432),
+            "PGUSER": str(p.get("user") or "postgres"),
+            "PGDATABASE": dbname,
+            "NODE_ENV": "production",
+        }
+        if p.get("password"):
+            env["DB_PASSWORD"] = env["PGPASSWORD"] = str(p["password"])
+        return env
+
+
+def base_env() -> dict[str, str]:
+    """The harness's environment without anything that would pick another database."""
+    drop = ("DB_", "PG", "DATABASE_URL", "MIGRUNNER_", "NODE_ENV", "NODE_OPTIONS")
+    return {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+
+
+# --------------------------------------------------------------------------- cases
+
+
+@dataclass
+class Case:
+    """One tool doing one operation on one workload."""
+
+    workload: str
+    op: str
+    tool: str
+    argv: list[str]
+    cwd: Path
+    expect_meta: int  # SequelizeMeta rows after a correct run
+    template: str | None = None  # starting state (None: empty database)
+    copies: int = 1  # processes started together
+    must_succeed: bool = True  # False: sequelize-cli racing itself; failures are the finding
+    success_line: str | None = None
+
+
+@dataclass
+class Result:
+    case: Case
+    runs: list[Run] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    failures: list[int] = field(default_factory=list)  # non-zero exits per run (copies > 1)
+
+
+def summary(values: list[float]) -> dict[str, Any]:
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "all": values,
+    }
+
+
+def result_json(r: Result) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "argv": r.case.argv if r.case.tool != "psql" else [*r.case.argv[:1], "..."],
+        "copies": r.case.copies,
+        "runs": len(r.runs),
+        "errors": r.errors,
+    }
+    if r.runs:
+        out["wall_s"] = summary([x.wall_s for x in r.runs])
+        out["peak_rss_mib"] = summary([x.peak_rss / MIB for x in r.runs])
+        out["hwm_sum_mib"] = summary([x.hwm_sum / MIB for x in r.runs])
+        out["cpu_s"] = summary([x.cpu_s for x in r.runs])
+        out["processes"] = max(x.processes for x in r.runs)
+        out["samples"] = min(x.samples for x in r.runs)
+        out["strays"] = max(x.strays for x in r.runs)
+    if r.case.copies > 1:
+        out["failed_processes"] = r.failures
+    return out
+
+
+def tool_key(case: Case) -> str:
+    return case.tool + (f" x{case.copies}" if case.copies > 1 else "")
+
+
+def tail(text: str, lines: int = 3) -> str:
+    return " | ".join(text.strip().splitlines()[-lines:])
+
+
+class Bench:
+    def __init__(self, server: Server, args: argparse.Namespace, work: Path) -> None:
+        self.server = server
+        self.args = args
+        self.work = work
+        self.templates: dict[str, str | None] = {}  # key -> template db (None: setup failed)
+        self.template_errors: dict[str, str] = {}
+
+    def command_env(self, dbname: str) -> dict[str, str]:
+        env = base_env()
+        env.update(self.server.env(dbname))
+        return env
+
+    def execute(self, case: Case, dbname: str, log_dir: Path) -> Run:
+        argv = [case.argv] * case.copies
+        return run_tree(
+            argv,
+            env=self.command_env(dbname),
+            cwd=case.cwd,
+            log_dir=log_dir,
+            timeout=self.args.timeout,
+        )
+
+    def template(self, key: str, setup: Case) -> str | None:
+        """A database migrated once by ``setup`` (untimed), copied for each measured run."""
+        if key not in self.templates:
+            name = self.server.create(name=f"{self.server.prefix}_tpl_{key}")
+            run = self.execute(setup, name, self.work / "logs" / f"tpl-{key}")
+            error = check(run, setup, self.server.meta_rows(name))
+            if error:
+                self.templates[key] = None
+                self.template_errors[key] = f"setup ({' '.join(setup.argv[-8:])}): {error}"
+                print(f"  setup {key} FAILED: {error}", flush=True)
+            else:
+                self.templates[key] = name
+        return self.templates[key]
+
+    def measure(self, cases: list[Case], runs: int, warmup: int) -> list[Result]:
+        """Alternate the cases run by run (A B A B ...); warm-up runs are not kept."""
+        results = [Result(c) for c in cases]
+        for i in range(warmup + runs):
+            for res in results:
+                c = res.case
+                if c.template is not None and self.templates.get(c.template) is None:
+                    msg = self.template_errors.get(c.template, "no template")
+                    if msg not in res.errors:
+                        res.errors.append(msg)
+                    continue
+                if len(res.errors) >= 2:  # a broken tool: do not burn the time budget
+                    continue
+                tpl = self.templates.get(c.template) if c.template else None
+                db = self.server.create(template=tpl)
+                label = f"{c.workload}-{c.op}-{c.tool}-{c.copies}-{i}"
+                try:
+                    run = self.execute(c, db, self.work / "logs" / label)
+                    error = check(run, c, self.server.meta_rows(db))
+                finally:
+                    self.server.drop(db)
+                status = "warm-up" if i < warmup else f"run {i - warmup + 1}/{runs}"
+                line = (
+                    f"  {c.workload:<16} {c.op:<7} {c.tool:<14} x{c.copies:<3} {status:<9} "
+                    f"{run.wall_s:7.3f}s {run.peak_rss / MIB:7.1f} MiB"
+                )
+                if c.copies > 1:
+                    line += f"  failed {sum(1 for x in run.exit_codes if x)}/{c.copies}"
+                print(line + (f"  ERROR {error}" if error else ""), flush=True)
+                if error:
+                    res.errors.append(error)
+                elif i >= warmup:
+                    res.runs.append(run)
+                    res.failures.append(sum(1 for x in run.exit_codes if x))
+        return results
+
+
+def check(run: Run, case: Case, meta: int) -> str | None:
+    """Why this run does not count (None: it did what it should)."""
+    if run.timed_out:
+        return f"timed out; last output: {tail(run.stderr or run.stdout)}"
+    if not case.must_succeed:
+        return None
+    bad = [c for c in run.exit_codes if c != 0]
+    if bad:
+        return f"exit {bad[0]} ({len(bad)}/{len(run.exit_codes)}): {tail(run.stderr or run.stdout)}"
+    if meta != case.expect_meta:
+        return f"SequelizeMeta has {meta} rows, expected {case.expect_meta}"
+    if case.success_line and case.success_line not in run.stdout + run.stderr:
+        return f"no {case.success_line!r} line"
+    return None
+
+
+# --------------------------------------------------------------------------- preparation
+
+
+def ensure_node(prefix: Path) -> None:
+    """``npm ci`` a pinned node project when its node_modules is missing."""
+    if not (prefix / "node_modules" / ".package-lock.json").is_file():
+        print(f"npm ci --prefix {prefix.relative_to(ROOT)}", flush=True)
+        subprocess.run(
+            ["npm", "ci", "--prefix", str(prefix), "--no-audit", "--no-fund", "--loglevel=error"],
+            check=True,
+        )
+
+
+def forum_dump(bench: Bench, out: Path) -> Path | None:
+    """The forum app's end state as one SQL file: ``pg_dump --schema-only`` of a database
+    migrated by sequelize-cli, plus its SequelizeMeta rows."""
+    tpl = bench.templates.get("forum-sequelize-cli")
+    if tpl is None:
+        return None
+    env = bench.command_env(tpl)
+    schema = subprocess.run(
+        ["pg_dump", "--schema-only", "--no-owner", "--no-privileges"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    data = subprocess.run(
+        ["pg_dump", "--data-only", "--table", '"SequelizeMeta"'],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    out.write_text(schema + data)
+    return out
+
+
+def versions(server: Server) -> dict[str, str]:
+    def cmd(*argv: str) -> str:
+        try:
+            return subprocess.run(argv, capture_output=True, text=True).stdout.strip()
+        except OSError:
+            return "n/a"
+
+    def npm_version(pkg: str) -> str:
+        path = NODE_DIR / "node_modules" / pkg / "package.json"
+        return str(json.loads(path.read_text())["version"]) if path.is_file() else "n/a"
+
+    rev = cmd("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD")
+    dirty = cmd(
+        "git", "-C", str(ROOT), "status", "--porcelain", "--", "runner", "migrations_compat"
+    )
+    with server.admin() as conn:
+        row = conn.execute("SHOW server_version").fetchone()
+    import pglast
+
+    return {
+        "python": platform.python_version(),
+        "node": cmd("node", "--version"),
+        "postgresql": str(row[0]) if row else "n/a",
+        "psql": cmd("psql", "--version"),
+        "sequelize": npm_version("sequelize"),
+        "sequelize-cli": npm_version("sequelize-cli"),
+        "pg": npm_version("pg"),
+        "psycopg": psycopg.__version__,
+        "pglast": str(getattr(pglast, "__version__", "n/a")),
+        "migrunner": rev + (" (+ uncommitted changes)" if dirty else ""),
+    }
+
+
+def loadavg() -> float:
+    """1-minute load average: other work on the machine skews every figure, so it is kept."""
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
+def machine() -> dict[str, Any]:
+    model = "n/a"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        mem_kib = int(f.readline().split()[1])
+    return {
+        "nproc": os.cpu_count(),
+        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "cpu": model,
+        "kernel": platform.release(),
+    }
+
+
+# --------------------------------------------------------------------------- the workloads
+
+
+def plan(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Cases per workload, with their run counts."""
+    mig = [str(args.migrunner)]
+    seq = [str(SEQUELIZE_CLI)]
+    psql = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-1", "-f"]
+    n = args.count
+    sql_dir = work / "sql"
+    js_app = work / "js"
+    groups: dict[str, Any] = {}
+
+    def forum(op: str, tool: str, argv: list[str], meta: int, migrated: bool) -> Case:
+        return Case(
+            "forum",
+            op,
+            tool,
+            argv,
+            FORUM,
+            meta,
+            template=f"forum-{tool}" if migrated else None,
+            success_line=SUCCESS if tool == "migrunner" and op in ("up", "noop") else None,
+        )
+
+    groups["forum"] = {
+        op: [
+            forum(op, "migrunner", [*mig, m_cmd, *FORUM_ARGS], meta, migrated),
+            forum(op, "sequelize-cli", [*seq, s_cmd, *FORUM_ARGS], meta, migrated),
+        ]
+        for op, m_cmd, s_cmd, meta, migrated in [
+            ("up", "db:migrate", "db:migrate", 11, False),
+            ("noop", "db:migrate", "db:migrate", 11, True),
+            ("status", "db:migrate:status", "db:migrate:status", 11, True),
+            ("down", "db:migrate:undo:all", "db:migrate:undo:all", 0, True),
+        ]
+    }
+    groups["forum-psql"] = {
+        "up": [
+            Case("forum-psql", "up", "psql", [*psql, str(work / "forum-end-state.sql")], work, 11)
+        ]
+    }
+    groups["sql"] = {
+        "up": [
+            Case(
+                "sql",
+                "up",
+                "migrunner",
+                [*mig, "up", "--migrations-path", str(sql_dir)],
+                work,
+                n,
+                success_line=SUCCESS,
+            ),
+            Case("sql", "up", "psql", [*psql, str(work / "sql-concat.sql")], work, n),
+        ]
+    }
+    groups["js"] = {
+        "up": [
+            Case(
+                "js",
+                "up",
+                "migrunner",
+                [*mig, "db:migrate", *JS_ARGS],
+                js_app,
+                n,
+                success_line=SUCCESS,
+            ),
+            Case("js", "up", "sequelize-cli", [*seq, "db:migrate", *JS_ARGS], js_app, n),
+        ]
+    }
+    k = args.concurrency
+    example_n = len(list(EXAMPLE.glob("*.sql")))
+    groups["concurrent"] = {
+        "forum": [
+            Case("concurrent", "forum", "migrunner", [*mig, "db:migrate", *FORUM_ARGS], FORUM, 11),
+            Case(
+                "concurrent",
+                "forum",
+                "migrunner",
+                [*mig, "db:migrate", *FORUM_ARGS],
+                FORUM,
+                11,
+                copies=k,
+            ),
+            Case(
+                "concurrent",
+                "forum",
+                "sequelize-cli",
+                [*seq, "db:migrate", *FORUM_ARGS],
+                FORUM,
+                11,
+                copies=k,
+                must_succeed=False,
+            ),
+        ],
+        "sql": [
+            Case(
+                "concurrent",
+                "sql",
+                "migrunner",
+                [*mig, "up", "--migrations-path", str(EXAMPLE)],
+                work,
+                example_n,
+            ),
+            Case(
+                "concurrent",
+                "sql",
+                "migrunner",
+                [*mig, "up", "--migrations-path", str(EXAMPLE)],
+                work,
+                example_n,
+                copies=k,
+            ),
+        ],
+    }
+    return groups
+
+
+def prepare(args: argparse.Namespace, work: Path) -> None:
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    write_sql(work / "sql", args.count)
+    write_sql_concat(work / "sql-concat.sql", args.count)
+    write_js_app(work / "js", args.count, NODE_DIR / "node_modules")
+
+
+# --------------------------------------------------------------------------- report
+
+
+def stats_of(doc: dict[str, Any], workload: str, op: str, tool: str) -> dict[str, Any] | None:
+    entry = doc["workloads"].get(workload, {}).get(op, {}).get(tool)
+    return entry if entry and entry.get("runs") else None
+
+
+def ratios(doc: dict[str, Any], n: int, k: int) -> list[dict[str, Any]]:
+    """Ratios of medians with the issue's targets (reported, never asserted)."""
+    out: list[dict[str, Any]] = []
+
+    def ratio(name: str, a: Any, b: Any, target: float | None, unit: str = "×") -> None:
+        value = None if a is None or b is None else a / b
+        out.append(
+            {
+                "name": name,
+                "value": value,
+                "unit": unit,
+                "target": target,
+                "met": None if value is None or target is None else value <= target,
+            }
+        )
+
+    def wall(w: str, op: str, tool: str) -> float | None:
+        s = stats_of(doc, w, op, tool)
+        return float(s["wall_s"]["median"]) if s else None
+
+    for op, target in [("noop", 0.5), ("up", 0.8), ("status", None), ("down", None)]:
+        ratio(
+            f"forum {op}: migrunner / sequelize-cli",
+            wall("forum", op, "migrunner"),
+            wall("forum", op, "sequelize-cli"),
+            target,
+        )
+    ratio(
+        "forum up: migrunner / psql floor",
+        wall("forum", "up", "migrunner"),
+        wall("forum-psql", "up", "psql"),
+        None,
+    )
+    ratio(
+        "forum up: sequelize-cli / psql floor",
+        wall("forum", "up", "sequelize-cli"),
+        wall("forum-psql", "up", "psql"),
+        None,
+    )
+    ratio(
+        f"{n} SQL: migrunner / psql floor",
+        wall("sql", "up", "migrunner"),
+        wall("sql", "up", "psql"),
+        1.5,
+    )
+    m, p = wall("sql", "up", "migrunner"), wall("sql", "up", "psql")
+    out.append(
+        {
+            "name": f"{n} SQL: migrunner overhead per migration",
+            "value": None if m is None or p is None else (m - p) / n * 1000,
+            "unit": "ms",
+            "target": None,
+            "met": None,
+        }
+    )
+    ratio(
+        f"{n} JS: migrunner / sequelize-cli",
+        wall("js", "up", "migrunner"),
+        wall("js", "up", "sequelize-cli"),
+        0.8,
+    )
+    mj = wall("js", "up", "migrunner")
+    out.append(
+        {
+            "name": f"{n} JS: migrunner time per migration",
+            "value": None if mj is None else mj / n * 1000,
+            "unit": "ms",
+            "target": None,
+            "met": None,
+        }
+    )
+    for w in ("forum", "sql"):
+        ratio(
+            f"{k} concurrent runners ({w}): all done / one alone",
+            wall("concurrent", w, f"migrunner x{k}"),
+            wall("concurrent", w, "migrunner"),
+            1.5,
+        )
+    for w, op, limit in [
+        ("forum", "up", 128),
+        ("forum", "noop", 128),
+        ("js", "up", 128),
+        ("sql", "up", 64),
+        ("concurrent", "sql", 64),
+    ]:
+        s = stats_of(doc, w, op, "migrunner")
+        value = float(s["peak_rss_mib"]["max"]) if s else None
+        out.append(
+            {
+                "name": f"peak memory, migrunner {w} {op} (tree, worst run)",
+                "value": value,
+                "unit": "MiB",
+                "target": float(limit),
+                "met": None if value is None else value <= limit,
+            }
+        )
+    return out
+
+
+def fmt_range(s: dict[str, Any], key: str, unit: str, digits: int) -> str:
+    d = s[key]
+    return f"{d['median']:.{digits}f} {unit} ({d['min']:.{digits}f}–{d['max']:.{digits}f})"
+
+
+def fmt_value(value: float | None, unit: str) -> str:
+    if value is None:
+        return "n/a"
+    if unit == "×":
+        return f"{value:.2f}×"
+    return f"{value:.{0 if unit == 'MiB' else 2}f} {unit}"
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    meta = doc["meta"]
+    lines = [
+        "| workload | operation | tool | wall time, median (min–max) | peak memory of the "
+        "process tree, median (min–max) | CPU s | runs |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for w, ops in doc["workloads"].items():
+        for op, tools in ops.items():
+            for tool, s in tools.items():
+                if not s.get("runs"):
+                    err = (s.get("errors") or ["not run"])[0]
+                    lines.append(f"| {w} | {op} | {tool} | failed: {err[:160]} | | | 0 |")
+                    continue
+                extra = ""
+                if s.get("failed_processes"):
+                    extra = f" — {max(s['failed_processes'])}/{s['copies']} processes failed"
+                lines.append(
+                    f"| {w} | {op} | {tool} | {fmt_range(s, 'wall_s', 's', 3)}{extra} | "
+                    f"{fmt_range(s, 'peak_rss_mib', 'MiB', 0)} | "
+                    f"{s['cpu_s']['median']:.2f} | {s['runs']} |"
+                )
+    lines += ["", "| ratio (medians) | value | target | |", "|---|---|---|---|"]
+    for r in doc["ratios"]:
+        lines.append(
+            f"| {r['name']} | {fmt_value(r['value'], r['unit'])} | "
+            f"{'' if r['target'] is None else '≤ ' + fmt_value(r['target'], r['unit'])} | "
+            f"{ {True: 'met', False: '**missed**', None: ''}[r['met']] } |"
+        )
+    lines += [
+        "",
+        f"{meta['runs']} runs per fast case and {meta['big_runs']} per {meta['count']}-migration "
+        f"case, after {meta['warmup']} warm-up run(s); {meta['concurrency']} concurrent runners.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def results_md(doc: dict[str, Any]) -> str:
+    m, v = doc["meta"]["machine"], doc["meta"]["versions"]
+    return (
+        "# Benchmark results\n\n"
+        "Produced by `.venv/bin/python bench/run.py` (see `bench/README.md`); every figure is in "
+        "`bench/results/latest.json`.\n\n"
+        f"* Date: {doc['meta']['date']}\n"
+        f"* Machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB RAM, Linux "
+        f"{m['kernel']}\n"
+        f"* Versions: Python {v['python']}, node {v['node']}, PostgreSQL {v['postgresql']} "
+        f"(same machine, local TCP), sequelize {v['sequelize']}, sequelize-cli "
+        f"{v['sequelize-cli']}, pg {v['pg']}, psycopg {v['psycopg']}, pglast {v['pglast']}, "
+        f"migrunner {v['migrunner']}\n"
+        f"* Memory: {doc['meta']['memory_method']}\n"
+        f"* Load average (1 min) before / after: "
+        f"{' / '.join(str(x) for x in doc['meta']['loadavg_before_after'])}\n\n" + markdown(doc)
+    )
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smoke mode: 1 run, tiny workloads")
+    ap.add_argument("--runs", type=int, help="measured runs per fast case (default 5)")
+    ap.add_argument("--big-runs", type=int, help="measured runs per generated case (default 3)")
+    ap.add_argument("--warmup", type=int, help="warm-up runs per case (default 1)")
+    ap.add_argument("--count", type=int, help="generated migrations (default 1000)")
+    ap.add_argument("--concurrency", type=int, help="concurrent runners (default 32)")
+    ap.add_argument(
+        "--only",
+        help="comma-separated workloads: forum,forum-psql,sql,js,concurrent (default: all)",
+    )
+    ap.add_argument("--timeout", type=float, default=300.0, help="seconds per command")
+    ap.add_argument("--out", type=Path, default=BENCH / "results" / "latest.json")
+    ap.add_argument(
+        "--markdown",
+        type=Path,
+        help="write the results table here (default: bench/RESULTS.md on a full run, "
+        "none with --quick or --only)",
+    )
+    ap.add_argument("--migrunner", type=Path, default=ROOT / ".venv" / "bin" / "migrunner")
+    args = ap.parse_args(argv)
+    quick = args.quick
+    args.runs = args.runs or (1 if quick else 5)
+    args.big_runs = args.big_runs or (1 if quick else 3)
+    args.warmup = args.warmup if args.warmup is not None else (0 if quick else 1)
+    args.count = args.count or (20 if quick else 1000)
+    args.concurrency = args.concurrency or (4 if quick else 32)
+    if args.markdown is None and not quick and not args.only:
+        args.markdown = BENCH / "RESULTS.md"
+    return args
+
+
+@contextmanager
+def server_from_env() -> Iterator[Server]:
+    server = Server(os.environ.get("MIGRUNNER_TEST_DATABASE_URL") or LOCAL_URL)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+MEMORY_METHOD = (
+    "sampled RSS of the whole process tree (the runner and every descendant, e.g. node) from "
+    "/proc every 3 ms; the figure is the largest simultaneous sum (cgroup v2 memory.peak is "
+    "not available: this machine mounts cgroup v1). The JSON also has the sum of each "
+    "process's kernel-kept VmHWM, an upper bound."
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    only = set(args.only.split(",")) if args.only else None
+    ensure_node(NODE_DIR)
+    ensure_node(FORUM)
+    work = args.out.parent / "work"
+    prepare(args, work)
+    started = time.time()
+    load_before = loadavg()
+    with server_from_env() as server:
+        bench = Bench(server, args, work)
+        groups = plan(args, work)
+        wanted = [w for w in groups if only is None or w in only]
+        if {"forum", "forum-psql"} & set(wanted):
+            for tool in ("migrunner", "sequelize-cli"):
+                setup = next(c for c in groups["forum"]["up"] if c.tool == tool)
+                bench.template(f"forum-{tool}", setup)
+            if forum_dump(bench, work / "forum-end-state.sql") is None:
+                (work / "forum-end-state.sql").write_text("SELECT 1/0; -- no sequelize-cli dump\n")
+        doc: dict[str, Any] = {"meta": {}, "workloads": {}, "ratios": []}
+        for w in wanted:
+            big = w in ("sql", "js")
+            runs = args.big_runs if big else args.runs
+            doc["workloads"][w] = {}
+            for op, cases in groups[w].items():
+                print(f"{w} {op}", flush=True)
+                results = bench.measure(cases, runs, args.warmup)
+                doc["workloads"][w][op] = {tool_key(r.case): result_json(r) for r in results}
+        doc["meta"] = {
+            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "duration_s": round(time.time() - started, 1),
+            "quick": args.quick,
+            "runs": args.runs,
+            "big_runs": args.big_runs,
+            "warmup": args.warmup,
+            "count": args.count,
+            "concurrency": args.concurrency,
+            "machine": machine(),
+            "loadavg_before_after": [load_before, loadavg()],
+            "versions": versions(server),
+            "memory_method": MEMORY_METHOD,
+        }
+    doc["ratios"] = ratios(doc, args.count, args.concurrency)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    table = markdown(doc)
+    print()
+    print(table)
+    print(f"wrote {args.out}")
+    if args.markdown:
+        args.markdown.write_text(results_md(doc))
+        print(f"wrote {args.markdown}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
