@@ -30,7 +30,7 @@ from migrations_compat.bridge_sql import (
 )
 from runner.errors import ConfigError, DatabaseUnavailable, MigrationFailed
 from runner.log import Log
-from tests.conftest import FIXTURES, ROOT
+from tests.conftest import FIXTURES, ROOT, popen_cli
 
 BRIDGE = FIXTURES / "bridge"
 SHIM_MODULES = ROOT / "migrations_compat" / "shim" / "node_modules"
@@ -471,6 +471,43 @@ def test_own_connection_waiting_for_the_runner_transaction_fails_instead_of_hang
         "in: UPDATE waits_target SET id = id + 1 — on a connection the migration opened itself"
     )
     assert db.execute("SELECT id FROM waits_target").fetchall() == [(1,)]
+
+
+def test_cli_retries_a_js_migration_after_a_lock_timeout(
+    db_url: str, db: psycopg.Connection
+) -> None:
+    db.execute("CREATE TABLE contended (id int)")
+    folder = BRIDGE / "lock-retry"
+    with psycopg.connect(db_url, autocommit=True) as holder:
+        holder.execute("BEGIN")
+        holder.execute("LOCK TABLE contended IN ACCESS SHARE MODE")
+        proc = popen_cli(
+            "up",
+            "--url",
+            db_url,
+            "--migrations-path",
+            str(folder),
+            "--statement-lock-timeout",
+            "0.2",
+        )
+        assert proc.stderr is not None
+        seen = []
+        for line in proc.stderr:  # the runner says it rolled back and will retry: release
+            seen.append(line)
+            if "retry 1/" in line:
+                holder.execute("ROLLBACK")
+                break
+        _, err = proc.communicate(timeout=60)
+    log = "".join(seen) + err
+    assert proc.returncode == 0, log
+    assert "SQLSTATE 55P03" in log
+    assert log.count("[20240101000000-alter-contended.js] altering contended") == 2
+    assert "added" in {
+        r[0]
+        for r in db.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'contended'"
+        )
+    }
 
 
 # -- process and connection failures ----------------------------------------------------------
