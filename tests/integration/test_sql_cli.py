@@ -291,3 +291,21 @@ def test_wait_and_unreachable_database(tmp_path: Path) -> None:
     assert r.returncode == 5 and "gave up after waiting 1s" in r.stderr
     r = run_cli("wait", "--url", "postgresql://postgres@127.0.0.1:5432/postgres")
     assert r.returncode == 0 and "is ready" in r.stderr
+
+
+def test_noop_run_starts_no_node(db_url: str, tmp_path: Path) -> None:
+    """With node off the PATH, a JS run fails to start its bridge, but a no-op run (every pod
+    start) succeeds: it never needs node."""
+    sweep = FIXTURES / "sweep" / "migrations"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    no_node = {"PATH": str(bin_dir)}  # nothing on it: no node
+    base = ("--url", db_url, "--migrations-path", str(sweep))
+    r = run_cli("up", *base, env=no_node)
+    assert r.returncode == 2 and "node not found" in r.stderr, r.stderr
+    assert meta_rows(db_url) == ()  # node is started before the first migration runs
+    assert run_cli("up", *base).returncode == 0
+    noop = run_cli("up", *base, env=no_node)
+    assert noop.returncode == 0, noop.stderr
+    assert "already up to date" in noop.stderr
+    assert run_cli("status", "--exit-code", *base, env=no_node).returncode == 0
