@@ -41,7 +41,29 @@ cache=${MIGRUNNER_IMAGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/migrunner-image}
 runroot=${MIGRUNNER_IMAGE_RUNROOT:-${XDG_RUNTIME_DIR:-/tmp}/migrunner-buildah-$(id -u)}
 mirror=${MIGRUNNER_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 ca_bundle=${MIGRUNNER_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
-bh=(buildah --root "$cache/storage" --runroot "$runroot" --storage-driver vfs)
+
+# overlay when the kernel lets us mount it (fast: layers are shared, not copied), else vfs
+# (works anywhere, but every layer and every container is a full copy of the root filesystem).
+# Each driver gets its own storage root: one root cannot switch drivers.
+storage_driver() {
+  local want=${MIGRUNNER_STORAGE_DRIVER:-auto} probe ok=1
+  if [[ $want != auto ]]; then
+    echo "$want"
+    return
+  fi
+  probe=$(mktemp -d)
+  mkdir "$probe/l" "$probe/u" "$probe/w" "$probe/m"
+  if mount -t overlay overlay -o "lowerdir=$probe/l,upperdir=$probe/u,workdir=$probe/w" \
+    "$probe/m" 2>/dev/null; then
+    umount "$probe/m"
+  else
+    ok=0
+  fi
+  rm -rf "$probe"
+  if ((ok)); then echo overlay; else echo vfs; fi
+}
+driver=$(storage_driver)
+bh=(buildah --root "$cache/storage-$driver" --runroot "$runroot-$driver" --storage-driver "$driver")
 
 tag=localhost/migrunner:dev
 base=docker.io/library/debian:bookworm-slim
@@ -121,14 +143,18 @@ build() {
       --build-arg "BASE_IMAGE=$base" --build-arg "REVISION=$revision"
       --build-arg "CREATED=$created" --build-arg "SOURCE=$source")
   fi
-  local arg
+  local arg layers=false
   for arg in "${build_args[@]}"; do extra+=(--build-arg "$arg"); done
-  # Layer caching is off by default: with vfs every cached step is a full copy of the root
-  # filesystem, which made a cold build 2x slower than no cache (MIGRUNNER_BUILD_LAYERS=1).
+  case ${MIGRUNNER_BUILD_LAYERS:-auto} in
+    1 | true) layers=true ;;
+    auto) [[ $driver == overlay ]] && layers=true ;;
+  esac
+  # Layer caching: on with overlay (cheap), off with vfs, where every cached step is a full
+  # copy of the root filesystem (a cold build took 2x longer). MIGRUNNER_BUILD_LAYERS=0|1.
   # --pull=never: FROM images come from this storage (the debootstrapped base, or images
   # built here), never from a registry this machine cannot reach.
   "${bh[@]}" build --isolation chroot --network host --pull=never \
-    ${MIGRUNNER_BUILD_LAYERS:+--layers} "${no_cache[@]}" "${secret[@]}" "${extra[@]}" \
+    "--layers=$layers" "${no_cache[@]}" "${secret[@]}" "${extra[@]}" \
     -f "$file" -t "$tag" "$ctx" >&2
   # Each rebuild leaves the previous image's layers behind; vfs stores them as full copies.
   "${bh[@]}" rmi --prune >/dev/null 2>&1 || true

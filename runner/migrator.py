@@ -148,8 +148,8 @@ class Migrator:
             with Executors(self.settings, self.log) as executors:
                 executors.prepare(plan)  # node boots while we wait for the lock
                 with MigrationLock(self.settings, self.log) as lock:
-                    state = guarded(lambda: self.read_state(conn))
-                    self.check_drift(src, state)
+                    state = guarded(lambda: self.read_state(conn))  # again, under the lock
+                    self.check_drift(src, state, announce=False)
                     plan = plan_up(src.migrations, state.applied, to)
                     return self.execute(conn, plan, dry_run, lock, executors)
 
@@ -173,12 +173,13 @@ class Migrator:
             plan = plan_down(src.migrations, state.applied, step=step, to=to, all=all, name=name)
             return self.execute(conn, plan, dry_run, lock, executors)
 
-    def check_drift(self, src: Source, state: State) -> None:
+    def check_drift(self, src: Source, state: State, announce: bool = True) -> None:
         found = drift(src.migrations, state.applied, state.checksums)
         if not found:
             return
         if self.settings.allow_drift:
-            self.log.warn(f"drift allowed by --allow-drift: {found.describe()}")
+            if announce:
+                self.log.warn(f"drift allowed by --allow-drift: {found.describe()}")
             return
         raise DriftError(
             f"{found.describe()} (in {src.folder}); fix the deployment, or pass --allow-drift"
