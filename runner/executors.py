@@ -210,6 +210,9 @@ class JsExecutor:
                 BridgeOptions(
                     search_dirs=self.settings.search_dirs,
                     sequelize_options=dict(self.settings.sequelize_options),
+                    # a migration's own pg connection waiting on our open transaction gives
+                    # up as our statements would, instead of hanging
+                    own_connection_lock_timeout=max(self.settings.statement_lock_timeout, 1.0),
                 ),
                 self.log,
             )
