@@ -46,6 +46,7 @@ class Run:
     timed_out: bool = False
     strays: int = 0  # tree processes still alive after every command exited
     ends_s: list[float] = field(default_factory=list)  # per command, from the common start
+    failure_lines: list[str] = field(default_factory=list)  # last stderr line of each failure
 
 
 def read_ppid(pid: int) -> int | None:
@@ -203,6 +204,11 @@ def run_tree(
         f.close()
     first_out = (log_dir / "0.out").read_text(errors="replace")
     first_err = (log_dir / "0.err").read_text(errors="replace")
+    failure_lines = []
+    for i, p in enumerate(procs):
+        if codes[p.pid] != 0:
+            lines = (log_dir / f"{i}.err").read_text(errors="replace").strip().splitlines()
+            failure_lines.append(f"exit {codes[p.pid]}: {lines[-1] if lines else ''}")
     return Run(
         wall_s=wall,
         peak_rss=sampler.peak_rss,
@@ -216,6 +222,7 @@ def run_tree(
         timed_out=expired.is_set(),
         strays=len(strays),
         ends_s=[ends[p.pid] for p in procs],
+        failure_lines=failure_lines,
     )
 
 

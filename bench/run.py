@@ -20,11 +20,13 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -171,6 +173,7 @@ class Result:
     runs: list[Run] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     failures: list[int] = field(default_factory=list)  # non-zero exits per run (copies > 1)
+    reasons: Counter[str] = field(default_factory=Counter)  # why processes failed, all runs
 
 
 def summary(values: list[float]) -> dict[str, Any]:
@@ -199,6 +202,7 @@ def result_json(r: Result) -> dict[str, Any]:
         out["strays"] = max(x.strays for x in r.runs)
     if r.case.copies > 1:
         out["failed_processes"] = r.failures
+        out["failure_reasons"] = dict(r.reasons.most_common(5))
     return out
 
 
@@ -276,12 +280,20 @@ class Bench:
                 if c.copies > 1:
                     line += f"  failed {sum(1 for x in run.exit_codes if x)}/{c.copies}"
                 print(line + (f"  ERROR {error}" if error else ""), flush=True)
+                if i >= warmup:
+                    res.reasons.update(short_reason(x) for x in run.failure_lines)
                 if error:
                     res.errors.append(error)
                 elif i >= warmup:
                     res.runs.append(run)
                     res.failures.append(sum(1 for x in run.exit_codes if x))
         return results
+
+
+def short_reason(line: str) -> str:
+    """A failure line without what differs between runs (database names, timings)."""
+    line = re.sub(r"mrbench_\w+", "<db>", line)
+    return re.sub(r"\d+(\.\d+)?s\b", "<n>s", line)[:200]
 
 
 def check(run: Run, case: Case, meta: int) -> str | None:
@@ -291,8 +303,11 @@ def check(run: Run, case: Case, meta: int) -> str | None:
     if not case.must_succeed:
         return None
     bad = [c for c in run.exit_codes if c != 0]
+    if bad and len(run.exit_codes) > 1:
+        common = Counter(short_reason(x) for x in run.failure_lines).most_common(1)[0][0]
+        return f"{len(bad)}/{len(run.exit_codes)} processes failed, e.g. {common}"
     if bad:
-        return f"exit {bad[0]} ({len(bad)}/{len(run.exit_codes)}): {tail(run.stderr or run.stdout)}"
+        return f"exit {bad[0]}: {tail(run.stderr or run.stdout)}"
     if meta != case.expect_meta:
         return f"SequelizeMeta has {meta} rows, expected {case.expect_meta}"
     if case.success_line and case.success_line not in run.stdout + run.stderr:
@@ -448,6 +463,14 @@ def plan(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 success_line=SUCCESS,
             ),
             Case("sql", "up", "psql", [*psql, str(work / "sql-concat.sql")], work, n),
+            Case(
+                "sql",
+                "up",
+                "psql-txn-per-migration",
+                [*psql[:-2], "-f", str(work / "sql-per-migration.sql")],
+                work,
+                n,
+            ),
         ]
     }
     groups["js"] = {
@@ -518,6 +541,7 @@ def prepare(args: argparse.Namespace, work: Path) -> None:
     work.mkdir(parents=True)
     write_sql(work / "sql", args.count)
     write_sql_concat(work / "sql-concat.sql", args.count)
+    write_sql_concat(work / "sql-per-migration.sql", args.count, per_migration=True)
     write_js_app(work / "js", args.count, NODE_DIR / "node_modules")
 
 
@@ -529,83 +553,62 @@ def stats_of(doc: dict[str, Any], workload: str, op: str, tool: str) -> dict[str
     return entry if entry and entry.get("runs") else None
 
 
-def ratios(doc: dict[str, Any], n: int, k: int) -> list[dict[str, Any]]:
+def ratios(doc: dict[str, Any], n: int, k: int, nproc: int) -> list[dict[str, Any]]:
     """Ratios of medians with the issue's targets (reported, never asserted)."""
     out: list[dict[str, Any]] = []
 
-    def ratio(name: str, a: Any, b: Any, target: float | None, unit: str = "×") -> None:
-        value = None if a is None or b is None else a / b
-        out.append(
-            {
-                "name": name,
-                "value": value,
-                "unit": unit,
-                "target": target,
-                "met": None if value is None or target is None else value <= target,
-            }
-        )
+    def add(name: str, value: float | None, unit: str = "×", target: float | None = None) -> None:
+        met = None if value is None or target is None else value <= target
+        out.append({"name": name, "value": value, "unit": unit, "target": target, "met": met})
 
     def wall(w: str, op: str, tool: str) -> float | None:
         s = stats_of(doc, w, op, tool)
         return float(s["wall_s"]["median"]) if s else None
 
+    def cpu(w: str, op: str, tool: str) -> float | None:
+        s = stats_of(doc, w, op, tool)
+        return float(s["cpu_s"]["median"]) if s else None
+
+    def div(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None or b == 0 else a / b
+
     for op, target in [("noop", 0.5), ("up", 0.8), ("status", None), ("down", None)]:
-        ratio(
+        add(
             f"forum {op}: migrunner / sequelize-cli",
-            wall("forum", op, "migrunner"),
-            wall("forum", op, "sequelize-cli"),
-            target,
+            div(wall("forum", op, "migrunner"), wall("forum", op, "sequelize-cli")),
+            target=target,
         )
-    ratio(
-        "forum up: migrunner / psql floor",
-        wall("forum", "up", "migrunner"),
-        wall("forum-psql", "up", "psql"),
-        None,
-    )
-    ratio(
-        "forum up: sequelize-cli / psql floor",
-        wall("forum", "up", "sequelize-cli"),
-        wall("forum-psql", "up", "psql"),
-        None,
-    )
-    ratio(
-        f"{n} SQL: migrunner / psql floor",
-        wall("sql", "up", "migrunner"),
-        wall("sql", "up", "psql"),
-        1.5,
-    )
+    for tool in ("migrunner", "sequelize-cli"):
+        add(
+            f"forum up: {tool} / psql floor",
+            div(wall("forum", "up", tool), wall("forum-psql", "up", "psql")),
+        )
     m, p = wall("sql", "up", "migrunner"), wall("sql", "up", "psql")
-    out.append(
-        {
-            "name": f"{n} SQL: migrunner overhead per migration",
-            "value": None if m is None or p is None else (m - p) / n * 1000,
-            "unit": "ms",
-            "target": None,
-            "met": None,
-        }
+    add(f"{n} SQL: migrunner / psql floor", div(m, p), target=1.5)
+    add(
+        f"{n} SQL: migrunner / psql with one transaction per migration",
+        div(m, wall("sql", "up", "psql-txn-per-migration")),
     )
-    ratio(
-        f"{n} JS: migrunner / sequelize-cli",
-        wall("js", "up", "migrunner"),
-        wall("js", "up", "sequelize-cli"),
-        0.8,
+    add(
+        f"{n} SQL: migrunner overhead per migration over the floor",
+        None if m is None or p is None else (m - p) / n * 1000,
+        "ms",
     )
     mj = wall("js", "up", "migrunner")
-    out.append(
-        {
-            "name": f"{n} JS: migrunner time per migration",
-            "value": None if mj is None else mj / n * 1000,
-            "unit": "ms",
-            "target": None,
-            "met": None,
-        }
+    add(
+        f"{n} JS: migrunner / sequelize-cli", div(mj, wall("js", "up", "sequelize-cli")), target=0.8
     )
+    add(f"{n} JS: migrunner time per migration", div(mj, n / 1000), "ms")
     for w in ("forum", "sql"):
-        ratio(
-            f"{k} concurrent runners ({w}): all done / one alone",
-            wall("concurrent", w, f"migrunner x{k}"),
-            wall("concurrent", w, "migrunner"),
-            1.5,
+        one, many = wall("concurrent", w, "migrunner"), wall("concurrent", w, f"migrunner x{k}")
+        add(f"{k} concurrent runners ({w}): all done / one alone", div(many, one), target=1.5)
+        # On a machine with fewer cores than runners, k runners cannot finish before their
+        # summed CPU time has been served: the best any runner could do here.
+        one_cpu = cpu("concurrent", w, "migrunner")
+        floor = None if one is None or one_cpu is None else max(one, k * one_cpu / nproc)
+        add(
+            f"{k} concurrent runners ({w}): all done / CPU-bound floor on {nproc} cores",
+            div(many, floor),
         )
     for w, op, limit in [
         ("forum", "up", 128),
@@ -615,15 +618,11 @@ def ratios(doc: dict[str, Any], n: int, k: int) -> list[dict[str, Any]]:
         ("concurrent", "sql", 64),
     ]:
         s = stats_of(doc, w, op, "migrunner")
-        value = float(s["peak_rss_mib"]["max"]) if s else None
-        out.append(
-            {
-                "name": f"peak memory, migrunner {w} {op} (tree, worst run)",
-                "value": value,
-                "unit": "MiB",
-                "target": float(limit),
-                "met": None if value is None else value <= limit,
-            }
+        add(
+            f"peak memory, migrunner {w} {op} (tree, worst run)",
+            float(s["peak_rss_mib"]["max"]) if s else None,
+            "MiB",
+            float(limit),
         )
     return out
 
@@ -641,6 +640,11 @@ def fmt_value(value: float | None, unit: str) -> str:
     return f"{value:.{0 if unit == 'MiB' else 2}f} {unit}"
 
 
+def esc(text: str) -> str:
+    """Error text inside a Markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 def markdown(doc: dict[str, Any]) -> str:
     meta = doc["meta"]
     lines = [
@@ -653,13 +657,20 @@ def markdown(doc: dict[str, Any]) -> str:
             for tool, s in tools.items():
                 if not s.get("runs"):
                     err = (s.get("errors") or ["not run"])[0]
-                    lines.append(f"| {w} | {op} | {tool} | failed: {err[:160]} | | | 0 |")
+                    lines.append(f"| {w} | {op} | {tool} | failed: {esc(err[:160])} | | | 0 |")
                     continue
                 extra = ""
                 if s.get("failed_processes"):
-                    extra = f" — {max(s['failed_processes'])}/{s['copies']} processes failed"
+                    reason = next(iter(s["failure_reasons"]), "")[:120]
+                    extra = (
+                        f" — {max(s['failed_processes'])}/{s['copies']} processes failed ({reason})"
+                    )
+                if s.get("errors"):
+                    extra += (
+                        f" — {len(s['errors'])} failed run(s) not counted: {s['errors'][0][:120]}"
+                    )
                 lines.append(
-                    f"| {w} | {op} | {tool} | {fmt_range(s, 'wall_s', 's', 3)}{extra} | "
+                    f"| {w} | {op} | {tool} | {fmt_range(s, 'wall_s', 's', 3)}{esc(extra)} | "
                     f"{fmt_range(s, 'peak_rss_mib', 'MiB', 0)} | "
                     f"{s['cpu_s']['median']:.2f} | {s['runs']} |"
                 )
@@ -792,7 +803,7 @@ def main(argv: list[str] | None = None) -> int:
             "versions": versions(server),
             "memory_method": MEMORY_METHOD,
         }
-    doc["ratios"] = ratios(doc, args.count, args.concurrency)
+    doc["ratios"] = ratios(doc, args.count, args.concurrency, os.cpu_count() or 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
     table = markdown(doc)

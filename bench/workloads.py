@@ -201,16 +201,21 @@ def write_sql(folder: Path, n: int) -> list[str]:
     return names
 
 
-def write_sql_concat(path: Path, n: int) -> None:
+def write_sql_concat(path: Path, n: int, per_migration: bool = False) -> None:
     """The psql floor for ``write_sql``: every up section in one file, plus the same
-    ``SequelizeMeta`` table and rows, so psql builds the same end state migrunner records."""
+    ``SequelizeMeta`` table and rows, so psql builds the same end state migrunner records.
+
+    ``per_migration``: each migration and its row in a transaction of its own (run without
+    ``-1``): migrunner's atomicity, without migrunner, to tell its cost from the runner's.
+    """
     parts = [
         'CREATE TABLE IF NOT EXISTS "SequelizeMeta" '
         '("name" VARCHAR(255) NOT NULL UNIQUE, PRIMARY KEY ("name"));\n'
     ]
     for i in range(n):
-        parts.append(step(i).sql_up)
-        parts.append(f"INSERT INTO \"SequelizeMeta\" (name) VALUES ('{file_stem(i)}.sql');\n")
+        row = f"INSERT INTO \"SequelizeMeta\" (name) VALUES ('{file_stem(i)}.sql');\n"
+        body = step(i).sql_up + row
+        parts.append(f"BEGIN;\n{body}COMMIT;\n" if per_migration else body)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(parts))
 

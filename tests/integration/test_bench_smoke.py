@@ -23,7 +23,7 @@ EXPECTED = {
         "down": {"migrunner", "sequelize-cli"},
     },
     "forum-psql": {"up": {"psql"}},
-    "sql": {"up": {"migrunner", "psql"}},
+    "sql": {"up": {"migrunner", "psql", "psql-txn-per-migration"}},
     "js": {"up": {"migrunner", "sequelize-cli"}},
     "concurrent": {
         "forum": {"migrunner", "migrunner x3", "sequelize-cli x3"},
