@@ -31,7 +31,8 @@ Commands:
 Defaults: --tag localhost/migrunner:dev, --base docker.io/library/debian:bookworm-slim.
 Environment: MIGRUNNER_IMAGE_CACHE (cache dir, default ~/.cache/migrunner-image; holds the
 debootstrapped base tarball and buildah's storage), MIGRUNNER_DEBIAN_MIRROR,
-MIGRUNNER_CA_BUNDLE (default /etc/ssl/certs/ca-certificates.crt).
+MIGRUNNER_CA_BUNDLE (default /etc/ssl/certs/ca-certificates.crt), MIGRUNNER_STORAGE_DRIVER
+(auto|overlay|vfs; auto = overlay if the kernel mounts it), MIGRUNNER_BUILD_LAYERS (auto|0|1).
 EOF
 }
 
@@ -156,8 +157,13 @@ build() {
   "${bh[@]}" build --isolation chroot --network host --pull=never \
     "--layers=$layers" "${no_cache[@]}" "${secret[@]}" "${extra[@]}" \
     -f "$file" -t "$tag" "$ctx" >&2
-  # Each rebuild leaves the previous image's layers behind; vfs stores them as full copies.
-  "${bh[@]}" rmi --prune >/dev/null 2>&1 || true
+  # Each rebuild leaves the previous image's layers behind (vfs: full copies). Dangling images
+  # are also the layer cache, so with overlay they are kept until the storage passes 4 GB.
+  local used
+  used=$(du -sm "$cache/storage-$driver" 2>/dev/null | cut -f1)
+  if [[ $driver == vfs ]] || ((${used:-0} > 4096)); then
+    "${bh[@]}" rmi --prune >/dev/null 2>&1 || true
+  fi
   log "built $tag"
 }
 
