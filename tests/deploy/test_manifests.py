@@ -18,7 +18,7 @@ import psycopg
 import pytest
 import yaml
 
-from tests.conftest import FIXTURES, run_cli
+from tests.conftest import FIXTURES, popen_cli, run_cli
 from tests.deploy.manifests import (
     K8S,
     K8S_VERSION,
@@ -351,3 +351,33 @@ def test_command_lines_run_for_real(db_url: str, db: psycopg.Connection, tmp_pat
     again = run_cli(*per_replica, env={**env, "POD_NAME": "educard-web-2"})
     assert again.returncode == 0, again.stderr
     assert db.execute('SELECT count(*) FROM "SequelizeMeta"').fetchone() == (3,)
+
+
+def test_ten_replicas_starting_at_once_migrate_once(
+    db_url: str, db: psycopg.Connection, tmp_path: Path
+) -> None:
+    """deployment-initcontainer.yaml with replicas: 10 — ten copies of its exact `up` command
+    start together: all exit 0, and every migration was applied exactly once, by one pod."""
+    app = tmp_path / "app"
+    shutil.copytree(FIXTURES / "image", app)
+    (doc,) = load(K8S / "deployment-initcontainer.yaml")
+    spec = pod_spec(doc)
+    assert spec is not None
+    (runner,) = [c for c in spec["initContainers"] if is_migrunner(c)]
+    args = _localise(argv(runner)[1:], app)
+    env = {**url_parts(db_url), "NODE_ENV": "production", "POD_NAMESPACE": "educard"}
+    procs = [popen_cli(*args, env={**env, "POD_NAME": f"educard-web-{i}"}) for i in range(10)]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, out + err
+    applied = db.execute(
+        "SELECT name, count(*), count(DISTINCT runner_pod) FROM migrunner_history"
+        " WHERE direction = 'up' AND outcome = 'applied' GROUP BY name ORDER BY name"
+    ).fetchall()
+    names = sorted(p.name for p in (app / "src" / "migrations").iterdir())
+    assert applied == [(n, 1, 1) for n in names]
+    (pods,) = db.execute(
+        "SELECT count(DISTINCT runner_pod) FROM migrunner_history WHERE outcome = 'applied'"
+    ).fetchone() or (0,)
+    assert pods == 1
+    assert db.execute('SELECT count(*) FROM "SequelizeMeta"').fetchone() == (len(names),)
