@@ -1,6 +1,6 @@
 """The runner image, built for real with buildah and run as uid 1001 against the test PostgreSQL.
 
-Covers both ways the app's migrations reach the runner (container/README-deploy.md):
+Covers both ways the app's migrations reach the runner (README.md, "Deploying on Kubernetes"):
 (b) the initContainer copy into a shared emptyDir, with the exact command of
 k8s/migration-job.yaml, and (a) the derived image of container/Dockerfile.app-migrations.
 Runs use the host network (buildah --network host), so 127.0.0.1:5432 is the test server.
