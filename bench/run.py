@@ -602,14 +602,15 @@ def ratios(doc: dict[str, Any], n: int, k: int, nproc: int) -> list[dict[str, An
     for w in ("forum", "sql"):
         one, many = wall("concurrent", w, "migrunner"), wall("concurrent", w, f"migrunner x{k}")
         add(f"{k} concurrent runners ({w}): all done / one alone", div(many, one), target=1.5)
-        # On a machine with fewer cores than runners, k runners cannot finish before their
-        # summed CPU time has been served: the best any runner could do here.
-        one_cpu = cpu("concurrent", w, "migrunner")
-        floor = None if one is None or one_cpu is None else max(one, k * one_cpu / nproc)
+        # With fewer cores than runners the batch cannot end before its CPU time has been
+        # served: ~1.0 means no time lost waiting, the rest is CPU (fewer cores than pods).
+        batch_cpu = cpu("concurrent", w, f"migrunner x{k}")
+        floor = None if one is None or batch_cpu is None else max(one, batch_cpu / nproc)
         add(
             f"{k} concurrent runners ({w}): all done / CPU-bound floor on {nproc} cores",
             div(many, floor),
         )
+        add(f"{k} concurrent runners ({w}): CPU per runner", div(batch_cpu, k), "s")
     for w, op, limit in [
         ("forum", "up", 128),
         ("forum", "noop", 128),
@@ -660,7 +661,7 @@ def markdown(doc: dict[str, Any]) -> str:
                     lines.append(f"| {w} | {op} | {tool} | failed: {esc(err[:160])} | | | 0 |")
                     continue
                 extra = ""
-                if s.get("failed_processes"):
+                if max(s.get("failed_processes") or [0]) > 0:
                     reason = next(iter(s["failure_reasons"]), "")[:120]
                     extra = (
                         f" — {max(s['failed_processes'])}/{s['copies']} processes failed ({reason})"
