@@ -97,7 +97,7 @@ class HistoryTable:
             entry.started_at,
             entry.duration_ms,
             who.host,
-            who.where if who.pod else None,
+            who.pod_ref,
             who.version,
         )
         columns = (

@@ -50,9 +50,17 @@ class Identity:
         )
 
     @property
+    def pod_ref(self) -> str | None:
+        if not self.pod:
+            return None
+        return f"{self.namespace}/{self.pod}" if self.namespace else self.pod
+
+    @property
     def where(self) -> str:
-        if self.pod:
-            return f"{self.namespace}/{self.pod}" if self.namespace else self.pod
+        """``namespace/pod`` (plus ``@host`` when the host name differs, e.g. a node name),
+        else the host name."""
+        if self.pod_ref:
+            return self.pod_ref if self.host in ("", self.pod) else f"{self.pod_ref}@{self.host}"
         return self.host
 
     def application_name(self) -> str:

@@ -37,7 +37,7 @@ def test_lock_status_shows_holder_migration_and_waiters(db_url: str, tmp_path: P
 
     gate = psycopg.connect(db_url, autocommit=True)
     gate.execute("SELECT pg_advisory_lock(5151)")
-    env = {"POD_NAME": "migrate-abc12", "POD_NAMESPACE": "educard"}
+    env = {"POD_NAME": "migrate-abc12", "POD_NAMESPACE": "educard", "HOSTNAME": "migrate-abc12"}
     holder = start_blocked(db_url, folder, NAMES[1], env=env)
     waiters = [popen_cli("up", "--url", db_url, "--migrations-path", str(folder)) for _ in range(2)]
     wait_for(lambda: len(backends(db_url, "migrunner/% waiting %")) == 2, what="2 waiters")

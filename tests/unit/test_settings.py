@@ -86,6 +86,10 @@ def test_identity_application_name_fits_63_bytes() -> None:
     assert name.startswith("migrunner/1.2.3 prod/ppp")
     assert len(name.encode()) <= 63
     assert Identity.from_env({"HOSTNAME": "box"}).where == "box"
+    pod = Identity.from_env({"HOSTNAME": "job-x", "POD_NAME": "job-x", "POD_NAMESPACE": "prod"})
+    assert pod.where == "prod/job-x"
+    node = Identity.from_env({"HOSTNAME": "node1", "POD_NAME": "job-x", "POD_NAMESPACE": "prod"})
+    assert node.where == "prod/job-x@node1"
 
 
 def test_redact_removes_url_passwords() -> None:
