@@ -146,7 +146,7 @@ def run_tree(
     cwd: Path,
     log_dir: Path,
     timeout: float,
-    interval: float = 0.003,
+    interval: float = 0.005,
 ) -> Run:
     """Start ``commands`` together and measure until the last has exited.
 
