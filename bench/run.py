@@ -707,7 +707,11 @@ def results_md(doc: dict[str, Any]) -> str:
         f"migrunner {v['migrunner']}\n"
         f"* Memory: {doc['meta']['memory_method']}\n"
         f"* Load average (1 min) before / after: "
-        f"{' / '.join(str(x) for x in doc['meta']['loadavg_before_after'])}\n\n" + markdown(doc)
+        f"{' / '.join(str(x) for x in doc['meta']['loadavg_before_after'])} (a shared "
+        "machine: other work running at the same time widens the spread)\n\n"
+        + markdown(doc)
+        + "\nWhy the missed targets are missed, and what it would take: `bench/README.md`, "
+        '"Findings".\n'
     )
 
 
@@ -735,6 +739,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "none with --quick or --only)",
     )
     ap.add_argument("--migrunner", type=Path, default=ROOT / ".venv" / "bin" / "migrunner")
+    ap.add_argument(
+        "--render",
+        action="store_true",
+        help="measure nothing: rewrite the tables from the --out JSON (to --markdown)",
+    )
     args = ap.parse_args(argv)
     quick = args.quick
     args.runs = args.runs or (1 if quick else 5)
@@ -766,6 +775,13 @@ MEMORY_METHOD = (
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        doc = json.loads(args.out.read_text())
+        print(markdown(doc))
+        if args.markdown:
+            args.markdown.write_text(results_md(doc))
+            print(f"wrote {args.markdown}")
+        return 0
     only = set(args.only.split(",")) if args.only else None
     ensure_node(NODE_DIR)
     ensure_node(FORUM)
