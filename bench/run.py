@@ -104,7 +104,24 @@ class Server:
 
     def close(self) -> None:
         for name in list(self.created):
-            self.drop(name)
+            for attempt in range(10):  # the server may be restarting (other tests on it)
+                try:
+                    self.drop(name)
+                    break
+                except psycopg.OperationalError:
+                    time.sleep(0.5 * (attempt + 1))
+
+    def drop_stale(self) -> None:
+        """Drop databases left by a harness that was killed (its pid is gone). Only on a local
+        server: a pid says nothing about a harness on another machine."""
+        if str(self.params.get("host") or "localhost") not in ("localhost", "127.0.0.1", "::1"):
+            return
+        with self.admin() as conn:
+            names = [r[0] for r in conn.execute("SELECT datname FROM pg_database")]
+        for name in names:
+            m = re.fullmatch(r"mrbench_(\d+)_.*", name)
+            if m and int(m.group(1)) != os.getpid() and not Path(f"/proc/{m.group(1)}").exists():
+                self.drop(name)
 
     def db_url(self, name: str) -> str:
         return urlunsplit(urlsplit(self.url)._replace(path="/" + name))
@@ -790,6 +807,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     load_before = loadavg()
     with server_from_env() as server:
+        server.drop_stale()
         bench = Bench(server, args, work)
         groups = plan(args, work)
         wanted = [w for w in groups if only is None or w in only]

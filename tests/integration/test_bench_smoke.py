@@ -108,5 +108,5 @@ def test_quick_run_reports_every_workload_and_tool(pg_server: str, tmp_path: Pat
     text = md.read_text()
     assert "| forum | noop | sequelize-cli |" in text and "CPUs" in text
 
-    # every scratch and template database was dropped
-    assert bench_databases(pg_server) == before
+    # every scratch and template database was dropped (stale ones of killed runs may be too)
+    assert bench_databases(pg_server) <= before
