@@ -793,10 +793,10 @@ MEMORY_METHOD = (
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render:
-        doc = json.loads(args.out.read_text())
-        print(markdown(doc))
+        saved: dict[str, Any] = json.loads(args.out.read_text())
+        print(markdown(saved))
         if args.markdown:
-            args.markdown.write_text(results_md(doc))
+            args.markdown.write_text(results_md(saved))
             print(f"wrote {args.markdown}")
         return 0
     only = set(args.only.split(",")) if args.only else None
