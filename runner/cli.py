@@ -147,7 +147,11 @@ def run(kw: dict[str, Any], action: Callable[[Settings, Log], int]) -> None:
     except KeyboardInterrupt:
         log.error("interrupted")
         sys.exit(130)
-    sys.exit(code)
+    # Every connection and the node child are closed by now: skip the interpreter's teardown
+    # (~20 ms of module finalisation on every pod start).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -8,6 +8,7 @@ explicit transaction control, savepoints where needed).
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -44,6 +45,9 @@ def connection_error(exc: Exception, settings: Settings) -> MigrunnerError:
 
 
 def connect(settings: Settings, purpose: str = "") -> psycopg.Connection:
+    """Open an autocommit connection. "too many clients" (53300) is transient by design here
+    — N runners starting at once is the expected case — so it is retried with jittered
+    backoff for up to ``wait_timeout``; every other failure is reported at once."""
     import psycopg
 
     kwargs: dict[str, str] = dict(settings.conninfo)
@@ -51,10 +55,17 @@ def connect(settings: Settings, purpose: str = "") -> psycopg.Connection:
     if purpose:
         name = (name + " " + purpose).encode()[:63].decode("utf-8", "ignore")
     kwargs["application_name"] = name
-    try:
-        return psycopg.connect(autocommit=True, **kwargs)  # type: ignore[arg-type]
-    except psycopg.Error as exc:
-        raise connection_error(exc, settings) from None
+    deadline = time.monotonic() + settings.wait_timeout
+    delay = 0.05
+    while True:
+        try:
+            return psycopg.connect(autocommit=True, **kwargs)  # type: ignore[arg-type]
+        except psycopg.Error as exc:
+            crowded = getattr(exc, "sqlstate", None) == "53300" or "too many clients" in str(exc)
+            if not crowded or time.monotonic() + delay > deadline:
+                raise connection_error(exc, settings) from None
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 1.0)
 
 
 def wait_until_ready(settings: Settings, log: Log, timeout: float) -> psycopg.Connection:

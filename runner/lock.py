@@ -108,14 +108,24 @@ class MigrationLock:
         self.log = log
         self.key = lock_key(settings.schema, settings.table)
         self.conn: psycopg.Connection | None = None
+        self.held = False
         self.waited = 0.0
 
+    def try_now(self) -> bool:
+        """Open the lock connection and try once, without waiting; True when the lock is ours."""
+        if self.conn is None:
+            self.conn = connect(self.settings)
+        self.held = self.held or self.try_lock(self.conn)
+        return self.held
+
     def acquire(self, timeout: float | None = None) -> None:
+        """Take the lock, polling (and sleeping on LISTEN) for up to ``timeout`` seconds."""
         timeout = self.settings.lock_timeout if timeout is None else timeout
-        conn = self.conn = connect(self.settings)
         started = time.monotonic()
-        if self.try_lock(conn):
+        if self.try_now():
             return
+        conn = self.conn
+        assert conn is not None
         ident = self.settings.identity
         conn.execute(
             "SELECT set_config('application_name', %s, false)",
@@ -154,6 +164,7 @@ class MigrationLock:
             "SELECT set_config('application_name', %s, false)",
             (ident.application_name(),),
         )
+        self.held = True
         self.waited = time.monotonic() - started
         self.log.info(
             f"took the migration lock after waiting {self.waited:.1f}s", lock_key=self.key
@@ -183,6 +194,7 @@ class MigrationLock:
 
     def release(self) -> None:
         conn, self.conn = self.conn, None
+        self.held = False
         if conn is None:
             return
         try:
@@ -195,7 +207,7 @@ class MigrationLock:
             conn.close()
 
     def __enter__(self) -> MigrationLock:
-        self.acquire()
+        """Releases on exit; taking the lock is explicit (``try_now`` / ``acquire``)."""
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -30,9 +30,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from runner.db import connect, is_connection_lost, wait_until_ready
 from runner.errors import DatabaseUnavailable, DriftError, MigrationFailed, MigrunnerError
-from runner.executors import Executors, RunResult
 from runner.history import Entry, HistoryTable
-from runner.lock import MigrationLock
 from runner.plan import Drift, Plan, drift, pending, plan_down, plan_up
 from runner.source import Migration, Source, discover
 from runner.storage import MetaTable
@@ -40,6 +38,8 @@ from runner.storage import MetaTable
 if TYPE_CHECKING:
     import psycopg
 
+    from runner.executors import Executors, RunResult
+    from runner.lock import MigrationLock
     from runner.log import Log
     from runner.settings import Settings
 
@@ -115,13 +115,14 @@ class Migrator:
         checksums = self.history.applied_checksums(conn) if history_exists and applied else {}
         return State(applied, checksums, meta_exists)
 
+    def open(self, wait: bool) -> psycopg.Connection:
+        if wait:
+            return wait_until_ready(self.settings, self.log, self.settings.wait_timeout)
+        return connect(self.settings)
+
     @contextmanager
     def connection(self, wait: bool = False) -> Iterator[psycopg.Connection]:
-        conn = (
-            wait_until_ready(self.settings, self.log, self.settings.wait_timeout)
-            if wait
-            else connect(self.settings)
-        )
+        conn = self.open(wait)
         try:
             yield conn
         finally:
@@ -139,19 +140,34 @@ class Migrator:
         src = self.source()
         if not src.migrations:
             raise_empty(src)
-        with self.connection(wait) as conn:
+        conn = self.open(wait)
+        try:
             state = guarded(lambda: self.read_state(conn))
             plan = plan_up(src.migrations, state.applied, to)
             self.check_drift(src, state)
             if not plan:
                 return RunReport(plan)  # nothing pending: no lock, no node
-            with Executors(self.settings, self.log) as executors:
-                executors.prepare(plan)  # node boots while we wait for the lock
-                with MigrationLock(self.settings, self.log) as lock:
-                    state = guarded(lambda: self.read_state(conn))  # again, under the lock
-                    self.check_drift(src, state, announce=False)
-                    plan = plan_up(src.migrations, state.applied, to)
-                    return self.execute(conn, plan, dry_run, lock, executors)
+            from runner.executors import Executors
+            from runner.lock import MigrationLock
+
+            with (
+                Executors(self.settings, self.log) as executors,
+                MigrationLock(self.settings, self.log) as lock,
+            ):
+                if lock.try_now():
+                    executors.prepare(plan)  # uncontended: node boots during the bookkeeping
+                else:
+                    # A waiter holds one connection and no node: with N runners starting at
+                    # once, N-1 of them will find nothing to do.
+                    conn.close()
+                    lock.acquire()
+                    conn = self.open(False)
+                state = guarded(lambda: self.read_state(conn))  # again, under the lock
+                self.check_drift(src, state, announce=False)
+                plan = plan_up(src.migrations, state.applied, to)
+                return self.execute(conn, plan, dry_run, lock, executors)
+        finally:
+            conn.close()
 
     def down(
         self,
@@ -163,12 +179,16 @@ class Migrator:
         dry_run: bool = False,
         wait: bool = False,
     ) -> RunReport:
+        from runner.executors import Executors
+        from runner.lock import MigrationLock
+
         src = self.source()
         with (
             self.connection(wait) as conn,
             Executors(self.settings, self.log) as executors,
             MigrationLock(self.settings, self.log) as lock,
         ):
+            lock.acquire()
             state = guarded(lambda: self.read_state(conn))
             plan = plan_down(src.migrations, state.applied, step=step, to=to, all=all, name=name)
             return self.execute(conn, plan, dry_run, lock, executors)
