@@ -309,3 +309,38 @@ def test_noop_run_starts_no_node(db_url: str, tmp_path: Path) -> None:
     assert noop.returncode == 0, noop.stderr
     assert "already up to date" in noop.stderr
     assert run_cli("status", "--exit-code", *base, env=no_node).returncode == 0
+
+
+def test_password_never_shows(db_url: str, db: psycopg.Connection, example: Path) -> None:
+    """Dry run, JSON logs, status/history/lock JSON and application_name: no password."""
+    secret = "Zq9-s3cret-xyz"
+    url = db_url.replace("postgres@", f"postgres:{secret}@")  # trust auth accepts it
+    base = ("--url", url, "--migrations-path", str(example))
+    outputs = [
+        run_cli("up", "--dry-run", "--log-format", "json", *base),
+        run_cli("up", "--log-format", "json", *base, env={"POD_NAME": "p", "DB_PASSWORD": secret}),
+        run_cli("status", "--json", *base),
+        run_cli("history", "--json", *base),
+        run_cli("lock", "status", "--json", *base),
+        run_cli("up", *base, env={"DATABASE_URL": url}),
+        run_cli("down", "--all", "--dry-run", *base),
+    ]
+    assert [r.returncode for r in outputs] == [0, 0, 0, 0, 0, 0, 0]
+    for r in outputs:
+        assert secret not in r.stdout + r.stderr
+    names = db.execute(
+        "SELECT string_agg(coalesce(runner_host, '') || coalesce(runner_pod, '') || coalesce(note, '') || coalesce(error, ''), ' ') FROM migrunner_history"
+    ).fetchone()
+    assert names is not None and secret not in (names[0] or "")
+
+
+def test_statement_timeout(db_url: str, tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    mig(folder, "001-slow.sql", "-- migrate:up\nCREATE TABLE t (a int);\nSELECT pg_sleep(10);\n")
+    r = run_cli(
+        "up", "--statement-timeout", "0.3", "--url", db_url, "--migrations-path", str(folder)
+    )
+    assert r.returncode == 1
+    assert "canceling statement due to statement timeout [SQLSTATE 57014]" in r.stderr
+    assert "001-slow.sql:3" in r.stderr
+    assert meta_rows(db_url) == ()
