@@ -15,7 +15,7 @@ import pytest
 
 from runner.lock import lock_key, pg_locks_ids
 from tests.conftest import FIXTURES, popen_cli, run_cli
-from tests.support.runners import finish, gated_copy, start_blocked
+from tests.support.runners import block_in_second_migration, finish, gated_copy, start_blocked
 from tests.support.state import backends, history_rows, meta_rows, snapshot, wait_for
 
 EXAMPLE = FIXTURES / "example" / "migrations"
@@ -61,17 +61,7 @@ def test_lock_status_shows_holder_migration_and_waiters(db_url: str, tmp_path: P
 
 
 def test_lock_release_needs_force_and_rolls_the_holder_back(db_url: str, tmp_path: Path) -> None:
-    folder = gated_example(tmp_path, 5252)
-    assert (
-        run_cli(
-            "up", "--to", NAMES[0], "--url", db_url, "--migrations-path", str(folder)
-        ).returncode
-        == 0
-    )
-    before = snapshot(db_url)
-    gate = psycopg.connect(db_url, autocommit=True)
-    gate.execute("SELECT pg_advisory_lock(5252)")
-    proc = start_blocked(db_url, folder, NAMES[1])
+    run = block_in_second_migration(db_url, EXAMPLE, tmp_path, 5252)
 
     refused = run_cli("lock", "release", "--url", db_url)
     assert refused.returncode == 2 and "without --force" in refused.stderr
@@ -80,13 +70,12 @@ def test_lock_release_needs_force_and_rolls_the_holder_back(db_url: str, tmp_pat
     released = run_cli("lock", "release", "--force", "--url", db_url)
     assert released.returncode == 0, released.stderr
     assert "terminated backend" in released.stderr
-    code, err = finish(proc)
+    code, err = finish(run.proc)
     assert code in (4, 5), err  # lost its lock / its connection: never a silent success
-    gate.execute("SELECT pg_advisory_unlock(5252)")
-    gate.close()
+    run.open_gate()
     after = snapshot(db_url)
-    assert (after.schema, after.meta) == (before.schema, before.meta)
-    assert run_cli("up", "--url", db_url, "--migrations-path", str(folder)).returncode == 0
+    assert (after.schema, after.meta) == (run.before.schema, run.before.meta)
+    assert run_cli("up", "--url", db_url, "--migrations-path", str(run.folder)).returncode == 0
     assert meta_rows(db_url) == tuple(NAMES)
 
 
@@ -130,30 +119,19 @@ def test_history_command(db_url: str, tmp_path: Path) -> None:
     assert len(text) == len(NAMES) + 1 and "reverted" in text[0] and "prod/job-x" in text[1]
 
 
-def test_backend_terminated_mid_migration(
-    db_url: str, db: psycopg.Connection, tmp_path: Path
-) -> None:
-    folder = gated_example(tmp_path, 5454)
-    assert (
-        run_cli(
-            "up", "--to", NAMES[0], "--url", db_url, "--migrations-path", str(folder)
-        ).returncode
-        == 0
-    )
-    before = snapshot(db_url)
-    db.execute("SELECT pg_advisory_lock(5454)")
-    proc = start_blocked(db_url, folder, NAMES[1])
+def test_backend_terminated_mid_migration(db_url: str, tmp_path: Path) -> None:
+    run = block_in_second_migration(db_url, EXAMPLE, tmp_path, 5454)
     ((pid, *_),) = backends(db_url, f"migrunner/% running {NAMES[1]}")
-    db.execute("SELECT pg_terminate_backend(%s)", (pid,))
-    code, err = finish(proc)
+    run.gate.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    code, err = finish(run.proc)
     assert code == 5, err
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: connection lost while running " + NAMES[1]), last
-    db.execute("SELECT pg_advisory_unlock(5454)")
+    run.open_gate()
     wait_for(lambda: not backends(db_url, "migrunner/%"), what="runner sessions gone")
     after = snapshot(db_url)
-    assert (after.schema, after.meta) == (before.schema, before.meta)
-    assert run_cli("up", "--url", db_url, "--migrations-path", str(folder)).returncode == 0
+    assert (after.schema, after.meta) == (run.before.schema, run.before.meta)
+    assert run_cli("up", "--url", db_url, "--migrations-path", str(run.folder)).returncode == 0
     assert meta_rows(db_url) == tuple(NAMES)
 
 
@@ -170,38 +148,26 @@ def local_cluster() -> str | None:
     reason="restarting the server needs the local Debian cluster (not an external/container one)",
 )
 def test_server_restart_mid_run(db_url: str, tmp_path: Path) -> None:
-    folder = gated_example(tmp_path, 5555)
-    assert (
-        run_cli(
-            "up", "--to", NAMES[0], "--url", db_url, "--migrations-path", str(folder)
-        ).returncode
-        == 0
-    )
-    before = snapshot(db_url)
-    gate = psycopg.connect(db_url, autocommit=True)
-    gate.execute("SELECT pg_advisory_lock(5555)")
-    proc = start_blocked(db_url, folder, NAMES[1])
-    subprocess.run(
-        [
-            "pg_ctlcluster",
-            "--skip-systemctl-redirect",
-            str(local_cluster()),
-            "main",
-            "restart",
-            "-m",
-            "fast",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    code, err = finish(proc)
+    run = block_in_second_migration(db_url, EXAMPLE, tmp_path, 5555)
+    cluster = str(local_cluster())
+    restart = [
+        "pg_ctlcluster",
+        "--skip-systemctl-redirect",
+        cluster,
+        "main",
+        "restart",
+        "-m",
+        "fast",
+    ]
+    subprocess.run(restart, check=True, capture_output=True)
+    code, err = finish(run.proc)
     assert code == 5, err
     assert "connection lost" in err.strip().splitlines()[-1]
-    r = run_cli("wait", "--url", db_url, "--wait-timeout", "30")
-    assert r.returncode == 0
+    run.gate.close()  # its session died with the server
+    assert run_cli("wait", "--url", db_url, "--wait-timeout", "30").returncode == 0
     after = snapshot(db_url)
-    assert (after.schema, after.meta) == (before.schema, before.meta)
-    r = run_cli("up", "--url", db_url, "--migrations-path", str(folder))
+    assert (after.schema, after.meta) == (run.before.schema, run.before.meta)
+    r = run_cli("up", "--url", db_url, "--migrations-path", str(run.folder))
     assert r.returncode == 0, r.stderr
     assert meta_rows(db_url) == tuple(NAMES)
 

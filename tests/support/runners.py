@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 
 from runner.lock import lock_key, pg_locks_ids
-from tests.conftest import popen_cli
-from tests.support.state import backends, wait_for
+from tests.conftest import popen_cli, run_cli
+from tests.support.state import Snapshot, backends, snapshot, wait_for
 
 DEFAULT_KEY = lock_key(None, "SequelizeMeta")
 
@@ -64,3 +65,31 @@ def advisory_held(conn: psycopg.Connection, key: int = DEFAULT_KEY) -> bool:
         (classid, objid),
     ).fetchone()
     return bool(row and row[0])
+
+
+@dataclass
+class Blocked:
+    """A runner held inside the second migration of a folder whose first one is applied."""
+
+    folder: Path
+    names: list[str]
+    before: Snapshot  # the database before the blocked run started
+    gate: psycopg.Connection  # holds the advisory lock the migration waits for
+    gate_key: int
+    proc: subprocess.Popen[str]
+
+    def open_gate(self) -> None:
+        self.gate.execute("SELECT pg_advisory_unlock(%s)", (self.gate_key,))
+        self.gate.close()
+
+
+def block_in_second_migration(db_url: str, src: Path, workdir: Path, gate_key: int) -> Blocked:
+    names = sorted(p.name for p in src.iterdir())
+    folder = gated_copy(src, workdir / "m", names[1], gate_key)
+    first = run_cli("up", "--to", names[0], "--url", db_url, "--migrations-path", str(folder))
+    assert first.returncode == 0, first.stderr
+    before = snapshot(db_url)
+    gate = psycopg.connect(db_url, autocommit=True)
+    gate.execute("SELECT pg_advisory_lock(%s)", (gate_key,))
+    proc = start_blocked(db_url, folder, names[1])
+    return Blocked(folder, names, before, gate, gate_key, proc)
