@@ -555,6 +555,15 @@ def plan(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 def prepare(args: argparse.Namespace, work: Path) -> None:
+    # Measure migrunner as it is deployed: a wheel install or the image ships bytecode, while an
+    # editable checkout under PYTHONDONTWRITEBYTECODE=1 (set on these machines) would compile
+    # every module from source on every start (~5 ms of the no-op path).
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", "runner", "migrations_compat"],
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
