@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from runner.errors import ConfigError, DatabaseUnavailable, MigrunnerError
@@ -106,12 +105,3 @@ def quote_ident(name: str) -> str:
 
 def qualified(schema: str | None, table: str) -> str:
     return f"{quote_ident(schema)}.{quote_ident(table)}" if schema else quote_ident(table)
-
-
-def regclass_literal(schema: str | None, table: str) -> str:
-    """Text for ``to_regclass(%s)``: the quoted, optionally schema-qualified name."""
-    return qualified(schema, table)
-
-
-def conninfo_summary(conninfo: Mapping[str, str]) -> dict[str, str]:
-    return {k: v for k, v in conninfo.items() if k not in ("password", "sslpassword")}

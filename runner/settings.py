@@ -18,7 +18,6 @@ session advisory lock is not safe.
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -293,7 +292,3 @@ def wants_config(opts: CliOptions, cwd: Path) -> bool:
         or (cwd / "config" / "config.js").exists()
         or (cwd / "config" / "config.json").exists()
     )
-
-
-def environ_snapshot() -> dict[str, str]:
-    return dict(os.environ)
