@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from runner import __version__
-from runner.errors import ConfigError, MigrunnerError, PendingMigrations
+from runner.errors import MigrunnerError, PendingMigrations
 from runner.log import Log
 from runner.settings import CliOptions, Settings, redact, resolve, wants_config
 
@@ -453,4 +453,4 @@ def main() -> None:
         sys.exit(130)
 
 
-__all__ = ["ConfigError", "cli", "main"]
+__all__ = ["cli", "main"]
