@@ -274,3 +274,56 @@ def test_exit_code_prefers_retryable_only_when_every_failure_is() -> None:
     assert fleet_exit_code([failed(5), failed(4)]) == 5
     assert fleet_exit_code([failed(6), failed(6)]) == 6
     assert fleet_exit_code([failed(5), failed(1), failed(6)]) == 1
+
+
+def test_js_fleet_boots_one_node_per_worker_not_per_tenant(
+    tenants: list[str], tmp_path: Path
+) -> None:
+    """Six tenants, two workers: sequelize is loaded twice at most (once per node process),
+    where a shell loop of sequelize-cli loads it six times."""
+    app = FIXTURES / "image"
+    select = "SELECT " + " UNION ALL SELECT ".join(
+        f"'{u}'" for u in tenants[:6]
+    )  # URLs, not names: the other form of --targets-sql
+    proc = run_cli(
+        "fleet",
+        "up",
+        "--url",
+        tenants[0],
+        "--migrations-path",
+        str(app / "src" / "migrations"),
+        "--targets-sql",
+        select,
+        "--parallel",
+        "2",
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr
+    boots = [ln for ln in proc.stderr.splitlines() if "using sequelize" in ln]
+    assert 1 <= len(boots) <= 2, boots
+    names = sorted(p.name for p in (app / "src" / "migrations").iterdir())
+    for url in tenants[:6]:
+        assert applied(url) == names
+
+
+def test_fail_fast_stops_starting_targets_and_stdin_lists_them(
+    tenants: list[str], tmp_path: Path
+) -> None:
+    with psycopg.connect(tenants[1], autocommit=True) as conn:
+        conn.execute("CREATE TABLE users (id int)")
+    proc = run_cli(
+        "fleet",
+        "up",
+        "--targets",
+        "-",
+        "--migrations-path",
+        str(EXAMPLE),
+        "--fail-fast",
+        "--json",
+        input="\n".join(tenants[:5]) + "\n",
+    )
+    assert proc.returncode == 1, proc.stderr
+    outcomes = [t["outcome"] for t in json.loads(proc.stdout)["targets"]]
+    assert outcomes == ["done", "failed", "skipped", "skipped", "skipped"]
+    assert applied(tenants[0]) == EXAMPLE_NAMES
+    assert all(applied(u) == [] for u in tenants[1:5])
