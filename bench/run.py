@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -45,6 +46,10 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 NODE_DIR = BENCH / "node"
 SEQUELIZE_CLI = NODE_DIR / "node_modules" / ".bin" / "sequelize-cli"
+DBMATE_DIR = BENCH / "dbmate"
+# The native binary the npm package ships (its bin entry is a node wrapper that would add a
+# node start to every dbmate run): dbmate measured as fast as it can be run.
+DBMATE = DBMATE_DIR / "node_modules" / "@dbmate" / "linux-x64" / "bin" / "dbmate"
 FORUM = ROOT / "tests" / "fixtures" / "forum"
 EXAMPLE = ROOT / "tests" / "fixtures" / "example" / "migrations"
 LOCAL_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -131,12 +136,14 @@ class Server:
             row = conn.execute(query).fetchone()
         return row[0] if row else None
 
-    def meta_rows(self, dbname: str) -> int:
-        """Rows in SequelizeMeta (0 when the table does not exist)."""
-        exists = self.scalar(dbname, "SELECT to_regclass('public.\"SequelizeMeta\"') IS NOT NULL")
+    def meta_rows(self, dbname: str, table: str = "SequelizeMeta") -> int:
+        """Rows in the tool's bookkeeping table (0 when it does not exist): SequelizeMeta, or
+        dbmate's schema_migrations."""
+        ref = f'public."{table}"'
+        exists = self.scalar(dbname, f"SELECT to_regclass('{ref}') IS NOT NULL")
         if not exists:
             return 0
-        return int(self.scalar(dbname, 'SELECT count(*) FROM "SequelizeMeta"'))
+        return int(self.scalar(dbname, f"SELECT count(*) FROM {ref}"))
 
     def env(self, dbname: str) -> dict[str, str]:
         """The same database for every tool, the way each one reads it: DB_* (the Job's
@@ -182,6 +189,7 @@ class Case:
     copies: int = 1  # processes started together
     must_succeed: bool = True  # False: sequelize-cli racing itself; failures are the finding
     success_line: str | None = None
+    meta_table: str = "SequelizeMeta"  # dbmate: schema_migrations
 
 
 @dataclass
@@ -213,6 +221,7 @@ def result_json(r: Result) -> dict[str, Any]:
         out["wall_s"] = summary([x.wall_s for x in r.runs])
         out["peak_rss_mib"] = summary([x.peak_rss / MIB for x in r.runs])
         out["hwm_sum_mib"] = summary([x.hwm_sum / MIB for x in r.runs])
+        out["max_process_mib"] = summary([x.max_hwm / MIB for x in r.runs])
         out["cpu_s"] = summary([x.cpu_s for x in r.runs])
         out["processes"] = max(x.processes for x in r.runs)
         out["samples"] = min(x.samples for x in r.runs)
@@ -242,6 +251,11 @@ class Bench:
     def command_env(self, dbname: str) -> dict[str, str]:
         env = base_env()
         env.update(self.server.env(dbname))
+        # dbmate's own variable: lib/pq would insist on TLS unless the URL says otherwise
+        url = env["DATABASE_URL"]
+        if "sslmode" not in url:
+            url += ("&" if "?" in url else "?") + "sslmode=disable"
+        env["DBMATE_BENCH_URL"] = url
         return env
 
     def execute(self, case: Case, dbname: str, log_dir: Path) -> Run:
@@ -261,7 +275,7 @@ class Bench:
         if key not in self.templates:
             name = self.server.create(name=f"{self.server.prefix}_tpl_{key}")
             run = self.execute(setup, name, self.work / "logs" / f"tpl-{key}")
-            error = check(run, setup, self.server.meta_rows(name))
+            error = check(run, setup, self.server.meta_rows(name, setup.meta_table))
             if error:
                 self.templates[key] = None
                 self.template_errors[key] = f"setup ({' '.join(setup.argv[-8:])}): {error}"
@@ -288,7 +302,7 @@ class Bench:
                 label = f"{c.workload}-{c.op}-{c.tool}-{c.copies}-{i}"
                 try:
                     run = self.execute(c, db, self.work / "logs" / label)
-                    error = check(run, c, self.server.meta_rows(db))
+                    error = check(run, c, self.server.meta_rows(db, c.meta_table))
                 finally:
                     self.server.drop(db)
                 status = "warm-up" if i < warmup else f"run {i - warmup + 1}/{runs}"
@@ -399,6 +413,7 @@ def versions(server: Server) -> dict[str, str]:
         "sequelize": npm_version("sequelize"),
         "sequelize-cli": npm_version("sequelize-cli"),
         "pg": npm_version("pg"),
+        "dbmate": cmd(str(DBMATE), "--version").removeprefix("dbmate version ") or "n/a",
         "psycopg": psycopg.__version__,
         "pglast": str(getattr(pglast, "__version__", "n/a")),
         "migrunner": rev + (" (+ uncommitted changes)" if dirty else ""),
@@ -465,6 +480,22 @@ def plan(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             ("down", "db:migrate:undo:all", "db:migrate:undo:all", 0, True),
         ]
     }
+    # The issue's cycle: undo everything, then migrate again (one shell, both commands timed).
+    groups["forum"]["cycle"] = [
+        forum(
+            "cycle",
+            tool,
+            [
+                "sh",
+                "-c",
+                f"{shlex.join([*cmd, 'db:migrate:undo:all', *FORUM_ARGS])} && "
+                f"{shlex.join([*cmd, 'db:migrate', *FORUM_ARGS])}",
+            ],
+            11,
+            True,
+        )
+        for tool, cmd in (("migrunner", mig), ("sequelize-cli", seq))
+    ]
     groups["forum-psql"] = {
         "up": [
             Case("forum-psql", "up", "psql", [*psql, str(work / "forum-end-state.sql")], work, 11)
@@ -506,6 +537,7 @@ def plan(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             Case("js", "up", "sequelize-cli", [*seq, "db:migrate", *JS_ARGS], js_app, n),
         ]
     }
+    groups["scale"] = scale_cases(args, work, mig, psql)
     k = args.concurrency
     example_n = len(list(EXAMPLE.glob("*.sql")))
     groups["concurrent"] = {
@@ -554,6 +586,54 @@ def plan(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return groups
 
 
+def dbmate_argv() -> list[str]:
+    """dbmate reads its URL from ``DBMATE_BENCH_URL`` (set per run by ``Bench.command_env``).
+    No schema dump after a migration (it would time a pg_dump migrunner does not run)."""
+    return [str(DBMATE), "--env", "DBMATE_BENCH_URL", "--no-dump-schema"]
+
+
+def scale_cases(
+    args: argparse.Namespace, work: Path, mig: list[str], psql: list[str]
+) -> dict[str, list[Case]]:
+    """10,000 generated `.sql` migrations (``--scale-count``), migrunner side by side with
+    dbmate (the fastest SQL runner we can run here): from empty, a no-op and ``status`` with
+    every one applied (each tool on a database it migrated itself)."""
+    n = args.scale_count
+    folder = work / "scale"
+    m_path = ["--migrations-path", str(folder)]
+    d_dir = ["--migrations-dir", str(folder)]
+    dbm = dbmate_argv()
+
+    def case(op: str, tool: str, argv: list[str], template: bool) -> Case:
+        return Case(
+            "scale",
+            op,
+            tool,
+            argv,
+            work,
+            n,
+            template=f"scale-{tool}" if template else None,
+            success_line=SUCCESS if tool == "migrunner" and op != "status" else None,
+            meta_table="schema_migrations" if tool == "dbmate" else "SequelizeMeta",
+        )
+
+    return {
+        "up": [
+            case("up", "migrunner", [*mig, "up", *m_path], False),
+            case("up", "dbmate", [*dbm, *d_dir, "migrate"], False),
+            Case("scale", "up", "psql", [*psql, str(work / "scale-concat.sql")], work, n),
+        ],
+        "noop": [
+            case("noop", "migrunner", [*mig, "up", *m_path], True),
+            case("noop", "dbmate", [*dbm, *d_dir, "migrate"], True),
+        ],
+        "status": [
+            case("status", "migrunner", [*mig, "status", *m_path], True),
+            case("status", "dbmate", [*dbm, *d_dir, "status"], True),
+        ],
+    }
+
+
 def prepare(args: argparse.Namespace, work: Path) -> None:
     # Measure migrunner as it is deployed: a wheel install or the image ships bytecode, while an
     # editable checkout under PYTHONDONTWRITEBYTECODE=1 (set on these machines) would compile
@@ -571,6 +651,9 @@ def prepare(args: argparse.Namespace, work: Path) -> None:
     write_sql_concat(work / "sql-concat.sql", args.count)
     write_sql_concat(work / "sql-per-migration.sql", args.count, per_migration=True)
     write_js_app(work / "js", args.count, NODE_DIR / "node_modules")
+    if not args.only or "scale" in args.only.split(","):
+        write_sql(work / "scale", args.scale_count)
+        write_sql_concat(work / "scale-concat.sql", args.scale_count)
 
 
 # --------------------------------------------------------------------------- report
@@ -600,7 +683,13 @@ def ratios(doc: dict[str, Any], n: int, k: int, nproc: int) -> list[dict[str, An
     def div(a: float | None, b: float | None) -> float | None:
         return None if a is None or b is None or b == 0 else a / b
 
-    for op, target in [("noop", 0.5), ("up", 0.8), ("status", None), ("down", None)]:
+    for op, target in [
+        ("noop", 0.4),
+        ("up", 0.8),
+        ("cycle", 0.8),
+        ("status", 0.4),
+        ("down", None),
+    ]:
         add(
             f"forum {op}: migrunner / sequelize-cli",
             div(wall("forum", op, "migrunner"), wall("forum", op, "sequelize-cli")),
@@ -622,6 +711,17 @@ def ratios(doc: dict[str, Any], n: int, k: int, nproc: int) -> list[dict[str, An
         None if m is None or p is None else (m - p) / n * 1000,
         "ms",
     )
+    ns = doc["meta"].get("scale_count") or 10000
+    for op in ("up", "noop", "status"):
+        add(
+            f"{ns} SQL {op}: migrunner / dbmate",
+            div(wall("scale", op, "migrunner"), wall("scale", op, "dbmate")),
+            target=0.8 if op == "up" else 1.0,
+        )
+    add(
+        f"{ns} SQL up: migrunner / psql floor",
+        div(wall("scale", "up", "migrunner"), wall("scale", "up", "psql")),
+    )
     mj = wall("js", "up", "migrunner")
     add(
         f"{n} JS: migrunner / sequelize-cli", div(mj, wall("js", "up", "sequelize-cli")), target=0.8
@@ -639,6 +739,14 @@ def ratios(doc: dict[str, Any], n: int, k: int, nproc: int) -> list[dict[str, An
             div(many, floor),
         )
         add(f"{k} concurrent runners ({w}): CPU per runner", div(batch_cpu, k), "s")
+        # the one that migrates costs what a runner alone costs; the rest only wait and find
+        # nothing to do
+        alone = cpu("concurrent", w, "migrunner")
+        add(
+            f"{k} concurrent runners ({w}): CPU per waiting runner",
+            None if batch_cpu is None or alone is None else (batch_cpu - alone) / (k - 1),
+            "s",
+        )
     for w, op, limit in [
         ("forum", "up", 128),
         ("forum", "noop", 128),
@@ -652,6 +760,18 @@ def ratios(doc: dict[str, Any], n: int, k: int, nproc: int) -> list[dict[str, An
             float(s["peak_rss_mib"]["max"]) if s else None,
             "MiB",
             float(limit),
+        )
+    for op in ("up", "noop"):
+        # largest single process (VmHWM): migrunner's python or node vs sequelize-cli's node
+        m = stats_of(doc, "forum", op, "migrunner")
+        q = stats_of(doc, "forum", op, "sequelize-cli")
+        add(
+            f"largest single process, forum {op}: migrunner / sequelize-cli (worst runs)",
+            div(
+                m and m.get("max_process_mib") and float(m["max_process_mib"]["max"]),
+                q and q.get("max_process_mib") and float(q["max_process_mib"]["max"]),
+            ),
+            target=1.0,
         )
     return out
 
@@ -713,7 +833,8 @@ def markdown(doc: dict[str, Any]) -> str:
     lines += [
         "",
         f"{meta['runs']} runs per fast case and {meta['big_runs']} per {meta['count']}-migration "
-        f"case, after {meta['warmup']} warm-up run(s); {meta['concurrency']} concurrent runners.",
+        f"case, after {meta['warmup']} warm-up run(s); {meta['concurrency']} concurrent runners; "
+        f"scale: {meta.get('scale_count', 'n/a')} migrations, {meta['big_runs']} runs of `up`.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -729,7 +850,8 @@ def results_md(doc: dict[str, Any]) -> str:
         f"{m['kernel']}\n"
         f"* Versions: Python {v['python']}, node {v['node']}, PostgreSQL {v['postgresql']} "
         f"(same machine, local TCP), sequelize {v['sequelize']}, sequelize-cli "
-        f"{v['sequelize-cli']}, pg {v['pg']}, psycopg {v['psycopg']}, pglast {v['pglast']}, "
+        f"{v['sequelize-cli']}, pg {v['pg']}, dbmate {v.get('dbmate', 'n/a')}, "
+        f"psycopg {v['psycopg']}, pglast {v['pglast']}, "
         f"migrunner {v['migrunner']}\n"
         f"* Memory: {doc['meta']['memory_method']}\n"
         f"* Load average (1 min) before / after: "
@@ -754,7 +876,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--concurrency", type=int, help="concurrent runners (default 32)")
     ap.add_argument(
         "--only",
-        help="comma-separated workloads: forum,forum-psql,sql,js,concurrent (default: all)",
+        help="comma-separated workloads: forum,forum-psql,sql,js,scale,concurrent (default: all)",
+    )
+    ap.add_argument(
+        "--scale-count", type=int, help="migrations of the scale workload (default 10000)"
     )
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per command")
     ap.add_argument("--out", type=Path, default=BENCH / "results" / "latest.json")
@@ -776,6 +901,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.big_runs = args.big_runs or (1 if quick else 3)
     args.warmup = args.warmup if args.warmup is not None else (0 if quick else 1)
     args.count = args.count or (20 if quick else 1000)
+    args.scale_count = args.scale_count or (30 if quick else 10000)
     args.concurrency = args.concurrency or (4 if quick else 32)
     if args.markdown is None and not quick and not args.only:
         args.markdown = BENCH / "RESULTS.md"
@@ -811,6 +937,7 @@ def main(argv: list[str] | None = None) -> int:
     only = set(args.only.split(",")) if args.only else None
     ensure_node(NODE_DIR)
     ensure_node(FORUM)
+    ensure_node(DBMATE_DIR)
     work = args.out.parent / "work"
     prepare(args, work)
     started = time.time()
@@ -826,12 +953,16 @@ def main(argv: list[str] | None = None) -> int:
                 bench.template(f"forum-{tool}", setup)
             if forum_dump(bench, work / "forum-end-state.sql") is None:
                 (work / "forum-end-state.sql").write_text("SELECT 1/0; -- no sequelize-cli dump\n")
+        if "scale" in wanted:
+            for tool in ("migrunner", "dbmate"):
+                setup = next(c for c in groups["scale"]["up"] if c.tool == tool)
+                bench.template(f"scale-{tool}", setup)
         doc: dict[str, Any] = {"meta": {}, "workloads": {}, "ratios": []}
         for w in wanted:
-            big = w in ("sql", "js")
-            runs = args.big_runs if big else args.runs
             doc["workloads"][w] = {}
             for op, cases in groups[w].items():
+                big = w in ("sql", "js") or (w, op) == ("scale", "up")
+                runs = args.big_runs if big else args.runs
                 print(f"{w} {op}", flush=True)
                 results = bench.measure(cases, runs, args.warmup)
                 doc["workloads"][w][op] = {tool_key(r.case): result_json(r) for r in results}
@@ -843,6 +974,7 @@ def main(argv: list[str] | None = None) -> int:
             "big_runs": args.big_runs,
             "warmup": args.warmup,
             "count": args.count,
+            "scale_count": args.scale_count,
             "concurrency": args.concurrency,
             "machine": machine(),
             "loadavg_before_after": [load_before, loadavg()],
