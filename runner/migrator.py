@@ -32,7 +32,7 @@ from runner.db import connect, is_connection_lost, wait_until_ready
 from runner.errors import DatabaseUnavailable, DriftError, MigrationFailed, MigrunnerError
 from runner.history import Entry, HistoryTable
 from runner.plan import Drift, Plan, drift, pending, plan_down, plan_up
-from runner.source import Migration, Source, discover
+from runner.source import Migration, Prehash, Source, discover
 from runner.storage import MetaTable
 
 if TYPE_CHECKING:
@@ -133,8 +133,10 @@ class Migrator:
 
     def status(self, wait: bool = False) -> StatusReport:
         src = self.source()
+        prehash = Prehash(src.migrations)  # hashes while we connect and read
         with self.connection(wait) as conn:
             state = guarded(lambda: self.read_state(conn))
+        prehash.wait()
         return StatusReport(src, state, drift(src.migrations, state.applied, state.checksums))
 
     # ---- running ---------------------------------------------------------------------------
@@ -151,10 +153,12 @@ class Migrator:
         src = self.source()
         if not src.migrations:
             raise_empty(src)
+        prehash = Prehash(src.migrations)  # hashes while we connect and read
         conn = self.open(wait)
         try:
             state = guarded(lambda: self.read_state(conn))
             plan = plan_up(src.migrations, state.applied, to)
+            prehash.wait()
             self.check_drift(src, state)
             if not plan:
                 return RunReport(plan)  # nothing pending: no lock, no node
