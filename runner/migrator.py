@@ -101,8 +101,8 @@ class Migrator:
 
     def source(self) -> Source:
         src = discover(self.settings.migrations_path)
-        for name in src.ignored:
-            self.log.warn(f"ignoring {src.folder / name}: not a .js/.cjs/.ts/.cts/.sql migration")
+        for notice in src.notices():
+            self.log.warn(notice)
         return src
 
     def read_state(self, conn: psycopg.Connection) -> State:
