@@ -147,12 +147,6 @@ CASES = [
         files={"003-x.sql": "-- migrate:up\nSELECT 1;\n-- migrate:sideways\n"},
     ),
     Case(
-        "unknown-option",
-        2,
-        r"003-x\.sql:1: unknown section option 'transaction:sometimes'",
-        files={"003-x.sql": "-- migrate:up transaction:sometimes\nSELECT 1;\n"},
-    ),
-    Case(
         "syntax-error-mid-file",
         2,
         r"003-bad\.sql:5: syntax error at or near \"CREAT\" \[SQLSTATE 42601\]",
