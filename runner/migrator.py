@@ -136,14 +136,20 @@ class Migrator:
 
     # ---- running ---------------------------------------------------------------------------
 
-    def up(self, to: str | None = None, dry_run: bool = False, wait: bool = False) -> RunReport:
+    def up(
+        self,
+        to: str | None = None,
+        dry_run: bool = False,
+        wait: bool = False,
+        **select: str | None,  # plan_up's from_ / name (db:migrate --from / --name)
+    ) -> RunReport:
         src = self.source()
         if not src.migrations:
             raise_empty(src)
         conn = self.open(wait)
         try:
             state = guarded(lambda: self.read_state(conn))
-            plan = plan_up(src.migrations, state.applied, to)
+            plan = plan_up(src.migrations, state.applied, to, **select)
             self.check_drift(src, state)
             if not plan:
                 return RunReport(plan)  # nothing pending: no lock, no node
@@ -164,7 +170,7 @@ class Migrator:
                     conn = self.open(False)
                 state = guarded(lambda: self.read_state(conn))  # again, under the lock
                 self.check_drift(src, state, announce=False)
-                plan = plan_up(src.migrations, state.applied, to)
+                plan = plan_up(src.migrations, state.applied, to, **select)
                 return self.execute(conn, plan, dry_run, lock, executors)
         finally:
             conn.close()

@@ -108,6 +108,7 @@ class Settings:
     search_dirs: tuple[Path, ...] = ()
     identity: Identity = field(default_factory=lambda: Identity(host="localhost"))
     config_source: str = ""
+    app: Any = field(default=None, repr=False, compare=False)  # the AppConfig, when one was read
 
     @property
     def password(self) -> str | None:
@@ -284,6 +285,7 @@ def resolve(
         search_dirs=search_dirs,
         identity=Identity.from_env(environ),
         config_source=source,
+        app=app,
     )
 
 
