@@ -46,9 +46,7 @@ def test_esm_typescript_and_folder_migrations_run_up_and_down(
     assert meta_rows(db_url) == NAMES
     assert tables(db) == set(TABLES)
     # what the migrations wrote: a TS enum and array, an ESM helper's value, the folder's rows
-    assert db.execute("SELECT id, status, score FROM forms_typed").fetchall() == [
-        (1, "active", 1)
-    ]
+    assert db.execute("SELECT id, status, score FROM forms_typed").fetchall() == [(1, "active", 1)]
     assert db.execute(
         "SELECT column_default FROM information_schema.columns "
         "WHERE table_name = 'forms_default_esm'"

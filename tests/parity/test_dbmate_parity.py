@@ -73,8 +73,15 @@ def test_dbmate_folder_and_url_match_dbmate(dbmate: Path, two_dbs: tuple[str, st
     query = "sslmode=disable&search_path=app,public"
     by_dbmate, by_migrunner = (with_query(u, query) for u in two_dbs)
     done = subprocess.run(
-        [str(dbmate), "--url", by_dbmate, "--migrations-dir", str(MIGRATIONS)]
-        + ["--no-dump-schema", "up"],
+        [
+            str(dbmate),
+            "--url",
+            by_dbmate,
+            "--migrations-dir",
+            str(MIGRATIONS),
+            "--no-dump-schema",
+            "up",
+        ],
         env=cli_env(),
         capture_output=True,
         text=True,
