@@ -202,6 +202,10 @@ def test_generate_names_and_skeletons(sequelize_cli: SequelizeCli, tmp_path: Pat
     assert sql.returncode == 0
     (made_sql,) = (apps[1] / "migrations").glob("*-raw.sql")
     assert made_sql.read_text().startswith("-- migrate:up\n")
+    # --seeders-path wins over the rc's seeders-path; the folder is created
+    other = run_cli("seed:generate", "--name", "x", "--seeders-path", "db/seeds", cwd=apps[1])
+    assert other.returncode == 0, other.stderr
+    assert len(list((apps[1] / "db" / "seeds").glob("*-x.js"))) == 1
 
 
 def test_db_create_and_drop_match_sequelize_cli(
