@@ -164,12 +164,18 @@ def cli() -> None:
 
 
 def do_up(
-    to: str | None, dry_run: bool, wait: bool, **select: str | None
+    to: str | None,
+    dry_run: bool,
+    wait: bool,
+    from_: str | None = None,
+    name: str | None = None,
 ) -> Callable[[Settings, Log], int]:
     def action(settings: Settings, log: Log) -> int:
         from runner.migrator import Migrator
 
-        report = Migrator(settings, log).up(to=to, dry_run=dry_run, wait=wait, **select)
+        report = Migrator(settings, log).up(
+            to=to, dry_run=dry_run, wait=wait, from_=from_, name=name
+        )
         if dry_run:
             print_dry_run(report, log)
             return 0
@@ -448,8 +454,10 @@ def lock_release_cmd(force: bool, **kw: Any) -> None:
     run(kw, action)
 
 
+from runner.cli_fleet import fleet_group  # noqa: E402  -- needs `common` and `run` above
 from runner.cli_sequelize import register as register_sequelize  # noqa: E402
 
+cli.add_command(fleet_group)
 register_sequelize(cli, common, run)  # seeders, generators, db:create/db:drop
 
 
