@@ -52,15 +52,36 @@ for (const ext of TS_EXTENSIONS) {
   };
 }
 
+const esmImports = new Map(); // file -> how many times it was imported
+
+/**
+ * import() an ESM migration and leave its namespace in require's cache, so that the bridge's
+ * "load afresh on a re-run" (it deletes the file from require.cache) works for ESM too: the
+ * next load then imports a new instance (a query string makes node's ESM loader treat it as
+ * another module), as a new sequelize-cli process would.
+ */
+async function importFresh(file) {
+  const count = esmImports.get(file) || 0;
+  esmImports.set(file, count + 1);
+  const url = pathToFileURL(file).href + (count ? `?migrunner-run=${count}` : '');
+  const namespace = await import(url);
+  const cached = new Module(file, null);
+  cached.filename = file;
+  cached.loaded = true;
+  cached.exports = namespace;
+  require.cache[file] = cached;
+  return namespace;
+}
+
 /** The module a migration file exports (a CommonJS `module.exports` or an ESM namespace). */
 async function loadMigration(file) {
-  if (path.extname(file) === '.mjs') return import(pathToFileURL(file).href);
+  if (path.extname(file) === '.mjs' && !require.cache[file]) return importFresh(file);
   try {
     return require(file);
   } catch (err) {
     const code = err && err.code;
     if (code === 'ERR_REQUIRE_ESM' || code === 'ERR_REQUIRE_ASYNC_MODULE') {
-      return import(pathToFileURL(file).href);
+      return importFresh(file);
     }
     throw err;
   }

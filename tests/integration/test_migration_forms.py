@@ -76,3 +76,20 @@ def test_typescript_syntax_error_names_file_and_line(tmp_path: Path, db_url: str
     assert r.returncode != 0
     assert "SyntaxError: Unexpected token (TypeScript) at 20240102000000-broken.ts:4" in r.stderr
     assert meta_rows(db_url) == ("20240101000000-plain.js",)
+
+
+def test_esm_migration_is_loaded_afresh_on_a_re_run(db_url: str) -> None:
+    from migrations_compat.bridge import BridgeOptions, NodeBridge
+    from runner.log import Log
+
+    path = FIXTURES / "bridge" / "module-state.mjs"
+    with (
+        psycopg.connect(db_url, autocommit=True) as conn,
+        NodeBridge(BridgeOptions(search_dirs=[path.parent]), Log()) as bridge,
+    ):
+        assert bridge.wants_transaction(path) is None  # a first load (meta), then two runs
+        for _ in range(2):
+            conn.execute("BEGIN")
+            bridge.run(path, "up", conn)
+            conn.execute("COMMIT")
+        assert conn.execute("SELECT runs FROM esm_state").fetchall() == [(1,), (1,)]
