@@ -186,7 +186,10 @@ class SeedRunner:
         from runner.lock import MigrationLock
         from runner.migrator import guarded
 
-        src = discover(self.seeds.folder)
+        try:
+            src = discover(self.seeds.folder)
+        except SourceError as err:
+            raise SourceError(err.message.replace("migrations ", "seeders ", 1)) from None
         for notice in src.notices():
             self.log.warn(notice.replace(" migration", " seeder", 1))
         with (
