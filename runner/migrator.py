@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from runner.db import connect, is_connection_lost, wait_until_ready
 from runner.errors import DatabaseUnavailable, DriftError, MigrationFailed, MigrunnerError
@@ -87,6 +87,7 @@ class RunReport:
     plan: Plan
     done: list[str] = field(default_factory=list)
     dry_run: list[tuple[Migration, bool, RunResult]] = field(default_factory=list)
+    analysis: Any = None  # runner.analyze.Report after `up --dry-run --analyze`
 
 
 class Migrator:
@@ -96,6 +97,7 @@ class Migrator:
         self.meta = MetaTable(settings.table, settings.schema, settings.timestamps)
         self.history = HistoryTable(self.meta.ref, settings.schema)
         self.server_version = 0
+        self.analysis: Any = None  # runner.rehearsal.AnalyzeOptions: observe the dry run
 
     # ---- reading ---------------------------------------------------------------------------
 
@@ -403,6 +405,13 @@ class Migrator:
         Faithful because PostgreSQL DDL is transactional, but it takes the same locks while it
         runs (bounded by ``statement_lock_timeout``) and advances sequences it touches.
         """
+        if self.analysis is not None and plan.direction == "up":
+            from runner.rehearsal import rehearse
+
+            report.analysis = self.guard_dry_run(
+                lambda: rehearse(self, conn, plan, executors, report, self.analysis)
+            )
+            return
         ms = int(self.settings.statement_lock_timeout * 1000)
         try:
             conn.execute(f"BEGIN; SET LOCAL lock_timeout = '{ms}ms'".encode())
@@ -426,6 +435,19 @@ class Migrator:
             raise MigrationFailed(f"dry run failed: {first_line(exc)}") from None
         finally:
             rollback(conn)
+
+    def guard_dry_run(self, fn: Callable[[], T]) -> T:
+        """The dry run's error mapping, for the analyzing rehearsal."""
+        try:
+            return fn()
+        except Exception as exc:
+            if is_connection_lost(exc):
+                raise DatabaseUnavailable(
+                    f"connection lost during dry run: {first_line(exc)}"
+                ) from None
+            if isinstance(exc, MigrunnerError):
+                raise
+            raise MigrationFailed(f"dry run failed: {first_line(exc)}") from None
 
 
 def raise_empty(src: Source) -> None:
