@@ -42,6 +42,13 @@ _NOISE = re.compile(
     r"^\s*(BEGIN|START\s+TRANSACTION|COMMIT|END|ROLLBACK|ABORT|SAVEPOINT|RELEASE|SET|SHOW|RESET)\b",
     re.IGNORECASE,
 )
+_CATALOG_READ = re.compile(
+    r"^\s*(WITH|SELECT)\b.*\bpg_(type|range|catalog|class|attribute)\b", re.I | re.S
+)
+
+
+#: Rows are counted up to this many: enough to judge, a few pages at most on any table.
+ROW_COUNT_CAP = 1000
 
 
 def strength(mode: str) -> int:
@@ -72,7 +79,8 @@ class StatementObs:
 
     @property
     def noise(self) -> bool:
-        return bool(_NOISE.match(self.sql)) and not self.locks and not self.rewrites
+        quiet = not self.locks and not self.rewrites
+        return quiet and bool(_NOISE.match(self.sql) or _CATALOG_READ.match(self.sql))
 
 
 @dataclass
@@ -352,7 +360,7 @@ def _held(mig: MigrationObs, facts: Facts, th: Thresholds) -> list[Finding]:
 
 def _rows(facts: Facts, rel: str | None) -> str:
     n = facts.rows.get(rel or "", 0)
-    return f"{n}+ rows" if n else "no rows"
+    return f"{n}+ rows" if n >= ROW_COUNT_CAP else f"{n} rows"
 
 
 def blocked_findings(blockers: list[Session]) -> list[Finding]:

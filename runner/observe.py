@@ -87,6 +87,10 @@ class Observer:
         self._snapshot(conn)
         return {r[0] for r in conn.execute(ALL_RELATIONS.encode())}
 
+    def resync(self, conn: psycopg.Connection) -> None:
+        """Re-read the state after statements that are not the migrations' own (bookkeeping)."""
+        self._snapshot(conn)
+
     def begin(
         self,
         name: str,

@@ -18,7 +18,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from runner.analyze import Facts, Report, Session, Thresholds, analyze, blocked_findings
+from runner.analyze import (
+    ROW_COUNT_CAP,
+    Facts,
+    Report,
+    Session,
+    Thresholds,
+    analyze,
+    blocked_findings,
+)
 from runner.db import connect
 from runner.errors import MigrationFailed
 from runner.observe import BlockerWatch, Observer, count_rows
@@ -79,6 +87,7 @@ def rehearse(
                         break
                     migrator.meta.log(conn, mig.name, with_ts)
                     observer.end()
+                    observer.resync(conn)
         finally:
             executors.observe(None)
             rollback(conn)
@@ -206,7 +215,7 @@ def target_rows(migrator: Migrator, relations: set[str], opts: AnalyzeOptions) -
 
     if not relations:
         return {}
-    cap = max(opts.thresholds.min_rows, 1000)  # a few pages at most, whatever the table's size
+    cap = max(opts.thresholds.min_rows, ROW_COUNT_CAP)
     with connect(migrator.settings, "analyze rows") as conn:
         if not opts.on_copy:
             try:
