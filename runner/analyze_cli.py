@@ -58,7 +58,10 @@ def analyze_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def wants_analyze(kw: dict[str, Any]) -> bool:
-    return bool(kw.get("analyze"))
+    """True for --analyze, and for its options alone (so that they are refused, not ignored)."""
+    return bool(
+        kw.get("analyze") or kw.get("analyze_json") or kw.get("fail_on") or kw.get("on_copy")
+    )
 
 
 def do_analyze(to: str | None, wait: bool, kw: dict[str, Any]) -> Callable[[Settings, Log], int]:
@@ -67,6 +70,8 @@ def do_analyze(to: str | None, wait: bool, kw: dict[str, Any]) -> Callable[[Sett
         from runner.migrator import Migrator
         from runner.rehearsal import AnalyzeOptions
 
+        if not kw.get("analyze"):
+            raise ConfigError("--json, --fail-on and --on-copy of `up` need --analyze")
         try:
             fail_on = parse_rules(kw.get("fail_on"))
         except ValueError as exc:

@@ -413,6 +413,7 @@ class Migrator:
             )
             return
         ms = int(self.settings.statement_lock_timeout * 1000)
+        on_copy: MigrationFailed | None = None
         try:
             conn.execute(f"BEGIN; SET LOCAL lock_timeout = '{ms}ms'".encode())
             with_ts = self.ensure_tables(conn)
@@ -430,11 +431,27 @@ class Migrator:
                 raise DatabaseUnavailable(
                     f"connection lost during dry run: {first_line(exc)}"
                 ) from None
-            if isinstance(exc, MigrunnerError):
+            needs_copy = getattr(exc, "sqlstate", None) in NEEDS_AUTOCOMMIT
+            if isinstance(exc, MigrationFailed) and needs_copy and plan.direction == "up":
+                on_copy = exc  # one transaction cannot, separate commits can: rehearse on a copy
+            elif isinstance(exc, MigrunnerError):
                 raise
-            raise MigrationFailed(f"dry run failed: {first_line(exc)}") from None
+            else:
+                raise MigrationFailed(f"dry run failed: {first_line(exc)}") from None
         finally:
             rollback(conn)
+        if on_copy is not None:
+            from runner.rehearsal import AnalyzeOptions, rehearse
+
+            report.dry_run.clear()
+            done = self.guard_dry_run(
+                lambda: rehearse(self, conn, plan, executors, report, AnalyzeOptions())
+            )
+            self.log.warn(
+                f"rehearsed on a schema-only copy from {done.copy['reason'] if done.copy else ''}"
+                f" (the real run commits each migration on its own; on the target: "
+                f"{first_line(on_copy)})"
+            )
 
     def guard_dry_run(self, fn: Callable[[], T]) -> T:
         """The dry run's error mapping, for the analyzing rehearsal."""

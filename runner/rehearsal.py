@@ -35,7 +35,7 @@ from runner.rehearsal_copy import scratch_copy
 if TYPE_CHECKING:
     import psycopg
 
-    from runner.executors import Executors
+    from runner.executors import Executors, RunResult
     from runner.migrator import Migrator, RunReport
     from runner.plan import Plan
     from runner.source import Migration
@@ -91,9 +91,11 @@ def rehearse(
         finally:
             executors.observe(None)
             rollback(conn)
-    copy_info = None
+    copy_info: dict[str, object] | None = None
     if copy_from is not None:
-        copy_info = rehearse_on_copy(migrator, plan, copy_from, executors, observer, existing)
+        copy_info = rehearse_on_copy(
+            migrator, plan, copy_from, executors, observer, existing, run_report
+        )
         copy_info["reason"] = reason
     touched = {x.relation for m in observer.migrations for s in m.statements for x in s.locks}
     touched |= {r for m in observer.migrations for s in m.statements for r in s.rewrites}
@@ -140,6 +142,7 @@ def rehearse_on_copy(
     executors: Executors,
     observer: Observer,
     existing: set[str],
+    run_report: RunReport,
 ) -> dict[str, object]:
     """Run the whole plan on a fresh copy as the real run would; observe from ``start`` on."""
     from runner.migrator import NEEDS_AUTOCOMMIT, rollback
@@ -162,7 +165,7 @@ def rehearse_on_copy(
                 if watching:
                     observer.begin(mig.name, transactional, "copy", fresh=True)
                 try:
-                    apply_on_copy(migrator, conn, mig, executors, transactional, with_ts)
+                    result = apply_on_copy(migrator, conn, mig, executors, transactional, with_ts)
                 except MigrationFailed as err:
                     rollback(conn)
                     fallback = transactional and declared is None
@@ -178,8 +181,11 @@ def rehearse_on_copy(
                         observer.begin(mig.name, False, "copy", note=note, fresh=True)
                         assert observer.current is not None
                         observer.current.sqlstates.append(err.sqlstate or "")
-                    apply_on_copy(migrator, conn, mig, executors, False, with_ts)
+                    result = apply_on_copy(migrator, conn, mig, executors, False, with_ts)
+                    transactional = False
                 observer.end()
+                if watching:
+                    run_report.dry_run.append((mig, transactional, result))
         finally:
             executors.observe(None)
             conn.close()
@@ -193,16 +199,17 @@ def apply_on_copy(
     executors: Executors,
     transactional: bool,
     with_ts: bool,
-) -> None:
+) -> RunResult:
     executor = executors.for_(mig)
     if transactional:
         ms = int(migrator.settings.statement_lock_timeout * 1000)
         conn.execute(f"BEGIN; SET LOCAL lock_timeout = '{ms}ms'".encode())
-    executor.run(mig, "up", conn, transactional=transactional, dry_run=False)
+    result = executor.run(mig, "up", conn, transactional=transactional, dry_run=False)
     if not transactional:
         conn.execute(b"BEGIN")
     migrator.meta.log(conn, mig.name, with_ts)
     conn.execute(b"COMMIT")
+    return result
 
 
 def target_rows(migrator: Migrator, relations: set[str], opts: AnalyzeOptions) -> dict[str, int]:
