@@ -157,6 +157,7 @@ class Report:
     blockers: list[Session]
     copy: dict[str, Any] | None = None  # where the copy was, and why it was used
     target: str = ""
+    created: frozenset[str] = frozenset()  # relations the plan itself creates
 
 
 # ---- statement classification (pglast) ------------------------------------------------------

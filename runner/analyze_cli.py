@@ -48,6 +48,13 @@ OPTIONS = [
         show_default=True,
         help="With --analyze: access-exclusive-held fires from this hold time (ms) on.",
     ),
+    click.option(
+        "--preflight",
+        type=click.FloatRange(min=0),
+        metavar="SECONDS",
+        help="Before the real run: wait (up to --wait-timeout) while a transaction older than "
+        "SECONDS holds a lock the plan needs; then refuse (exit 8).",
+    ),
 ]
 
 
@@ -55,6 +62,13 @@ def analyze_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for opt in reversed(OPTIONS):
         fn = opt(fn)
     return fn
+
+
+def preflight(kw: dict[str, Any], action: Callable[[Settings, Log], int]) -> Any:
+    """``action``, preceded by the ``--preflight`` check when asked for."""
+    from runner.preflight import with_preflight
+
+    return with_preflight(kw.get("preflight"), action)
 
 
 def wants_analyze(kw: dict[str, Any]) -> bool:

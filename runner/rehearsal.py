@@ -50,6 +50,7 @@ NEEDS_COPY = {
 class AnalyzeOptions:
     thresholds: Thresholds = field(default_factory=Thresholds)
     on_copy: bool = False
+    copy_allowed: bool = True  # False (preflight): stop where the target cannot rehearse
 
 
 def rehearse(
@@ -92,7 +93,7 @@ def rehearse(
             executors.observe(None)
             rollback(conn)
     copy_info: dict[str, object] | None = None
-    if copy_from is not None:
+    if copy_from is not None and opts.copy_allowed:
         copy_info = rehearse_on_copy(
             migrator, plan, copy_from, executors, observer, existing, run_report
         )
@@ -104,7 +105,7 @@ def rehearse(
     facts = Facts(rows=rows, created=created)
     findings = analyze(observer.migrations, facts, opts.thresholds)
     findings = blocked_findings(blockers) + findings
-    return Report(observer.migrations, findings, blockers, copy_info, settings.target)
+    return Report(observer.migrations, findings, blockers, copy_info, settings.target, created)
 
 
 def rehearse_one(

@@ -16,6 +16,7 @@ import pytest
 
 from runner.analyze import RULES, Facts, MigrationObs, StatementObs, Thresholds, analyze
 from runner.analyze_cli import FINDINGS_EXIT
+from runner.preflight import PREFLIGHT_EXIT
 from tests.conftest import FIXTURES, popen_cli, run_cli
 from tests.support.state import meta_rows
 
@@ -361,3 +362,39 @@ def test_analyze_with_nothing_pending_prints_an_empty_document(target: str, tmp_
     doc, code, err = analyze_json(target, folder)
     assert code == 0, err
     assert doc["statements"] == [] and doc["findings"] == [] and doc["blockers"] == []
+
+
+def test_preflight_refuses_while_an_old_transaction_holds_a_needed_table(
+    target: str, db: psycopg.Connection, reader: psycopg.Connection, in_txn: Path
+) -> None:
+    assert held_by(db, reader.info.backend_pid, "t_default")
+    r = run_cli(
+        "up", "--preflight", "0", "--wait-timeout", "0", "--statement-lock-timeout", "0.3",
+        "--url", target, "--migrations-path", str(in_txn),
+    )  # fmt: skip
+    assert r.returncode == PREFLIGHT_EXIT, r.stderr
+    assert "preflight: sessions older than 0s hold locks the plan needs: pid" in r.stderr
+    assert f"pid {reader.info.backend_pid} user postgres app 'reader-app'" in r.stderr
+    assert meta_rows(target) == ()  # nothing ran
+
+
+def test_preflight_waits_for_the_old_transaction_then_runs(
+    target: str, reader: psycopg.Connection, in_txn: Path
+) -> None:
+    up = popen_cli(
+        "up", "--preflight", "0", "--wait-timeout", "60", "--statement-lock-timeout", "0.3",
+        "--url", target, "--migrations-path", str(in_txn),
+    )  # fmt: skip
+    assert up.stderr is not None
+    try:
+        for line in up.stderr:  # synchronise on what the runner says it is waiting for
+            if "preflight: waiting for" in line:
+                assert "'reader-app'" in line
+                break
+        else:
+            raise AssertionError("the preflight never waited")
+    finally:
+        reader.execute("ROLLBACK")
+    _, errs = up.communicate(timeout=60)
+    assert up.returncode == 0, errs
+    assert len(meta_rows(target)) == 8
