@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -171,12 +172,23 @@ def test_js_patterns_observed_from_the_sql_sequelize_emits(
     assert_untouched(db)
 
 
-def test_fail_on_gates_with_its_own_exit_code(target: str, in_txn: Path) -> None:
+def test_fail_on_gates_with_its_own_exit_code_and_the_human_table(
+    target: str, in_txn: Path
+) -> None:
     folder = in_txn
-    doc, code, err = analyze_json(target, folder, "--fail-on", "blocking-index,fk-validation")
-    assert code == FINDINGS_EXIT, err
-    assert "2 finding(s) of --fail-on rules: blocking-index, fk-validation" in err
-    assert {f["rule"] for f in doc["findings"]} >= {"blocking-index", "fk-validation"}
+    r = run_cli(
+        "up", "--dry-run", "--analyze", "--url", target, "--migrations-path", str(folder),
+        "--fail-on", "blocking-index,fk-validation",
+    )  # fmt: skip
+    assert r.returncode == FINDINGS_EXIT, r.stderr
+    assert "2 finding(s) of --fail-on rules: blocking-index, fk-validation" in r.stderr
+    out = r.stdout  # the human report: a compact table per migration
+    assert (
+        "== 004-plain-index.sql (on the target, transactional; strongest lock ShareLock on "
+        "public.t_index, held" in out
+    )
+    assert "public.t_default AccessExclusive" in out
+    assert "blocking-index" in out and "fix: CREATE INDEX CONCURRENTLY" in out
     _, code, err = analyze_json(target, folder, "--fail-on", "enum-in-transaction")
     assert code == 0, err
     # thresholds: with more rows required than the tables have, scans and rewrites are fine
@@ -189,21 +201,9 @@ def test_fail_on_gates_with_its_own_exit_code(target: str, in_txn: Path) -> None
     assert code == 0, err
     r = run_cli("up", "--dry-run", "--analyze", "--url", target, "--fail-on", "no-such-rule")
     assert r.returncode == 2 and "unknown rule(s) for --fail-on: no-such-rule" in r.stderr
-
-
-def test_human_report_is_a_table_per_migration(target: str, in_txn: Path) -> None:
-    r = run_cli(
-        "up", "--dry-run", "--analyze", "--url", target,
-        "--migrations-path", str(in_txn),
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    out = r.stdout
-    assert (
-        "== 004-plain-index.sql (on the target, transactional; strongest lock ShareLock on "
-        "public.t_index, held" in out
-    )
-    assert "public.t_default AccessExclusive" in out
-    assert "blocking-index" in out and "fix: CREATE INDEX CONCURRENTLY" in out
+    r = run_cli("up", "--url", target, "--migrations-path", str(folder), "--json")
+    assert r.returncode == 2 and "need --analyze" in r.stderr
+    assert meta_rows(target) == ()
 
 
 def test_enum_added_then_used_by_the_next_migration_is_rehearsed_on_a_copy(
@@ -398,3 +398,30 @@ def test_preflight_waits_for_the_old_transaction_then_runs(
     _, errs = up.communicate(timeout=60)
     assert up.returncode == 0, errs
     assert len(meta_rows(target)) == 8
+
+
+def test_a_copy_without_createdb_is_a_clear_error(
+    target: str, db: psycopg.Connection, pg_server: str
+) -> None:
+    role = f"mr_nocreatedb_{uuid.uuid4().hex[:8]}"
+    dbname = target.rsplit("/", 1)[1]
+    with psycopg.connect(pg_server, autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{role}" LOGIN NOCREATEDB')
+        admin.execute(f'GRANT ALL ON DATABASE "{dbname}" TO "{role}"')
+    db.execute(f'GRANT ALL ON SCHEMA public TO "{role}"')
+    try:
+        url = target.replace("postgres@", f"{role}@", 1)
+        r = run_cli(
+            "up", "--dry-run", "--analyze", "--on-copy", "--url", url,
+            "--migrations-path", str(ANALYZE / "enum-pair"),
+        )  # fmt: skip
+        assert r.returncode == 2, r.stderr
+        (line,) = r.stderr.strip().splitlines()
+        assert line.startswith("error: cannot rehearse on a copy: CREATE DATABASE failed on")
+        assert "(the role needs CREATEDB)" in line
+        assert "Traceback" not in r.stderr
+    finally:
+        db.execute(f'REVOKE ALL ON SCHEMA public FROM "{role}"')
+        with psycopg.connect(pg_server, autocommit=True) as admin:
+            admin.execute(f'REVOKE ALL ON DATABASE "{dbname}" FROM "{role}"')
+            admin.execute(f'DROP ROLE "{role}"')
