@@ -426,7 +426,13 @@ def to_json(report: Report) -> dict[str, Any]:
     return {
         "statements": statements,
         "findings": [
-            {"rule": f.rule, "migration": f.migration, "relation": f.relation, "message": f.message}
+            {
+                "rule": f.rule,
+                "migration": f.migration,
+                "relation": f.relation,
+                "message": f.message,
+                "sql": f.sql,
+            }
             for f in report.findings
         ],
         "blockers": [

@@ -130,6 +130,9 @@ def test_sql_patterns_observed_locks_rewrites_and_findings(
         ("fk-validation", "005-fk.sql", "public.t_fk"),
         ("not-null-scan", "007-set-not-null.sql", "public.t_nn"),
     }  # none for the varchar widening, NOT VALID, the validated CHECK, the concurrent index
+    (nn,) = [f for f in doc["findings"] if f["rule"] == "not-null-scan"]
+    assert nn["sql"] == "ALTER TABLE t_nn ALTER COLUMN email SET NOT NULL"
+    assert "fix: add CHECK (email IS NOT NULL) NOT VALID" in nn["message"]
     migs = {m["name"]: m for m in doc["migrations"]}
     assert migs["004-plain-index.sql"]["strongest_lock"] == {
         "relation": "public.t_index",
