@@ -457,9 +457,18 @@ class Migrator:
             from runner.rehearsal import AnalyzeOptions, rehearse
 
             report.dry_run.clear()
-            done = self.guard_dry_run(
-                lambda: rehearse(self, conn, plan, executors, report, AnalyzeOptions())
-            )
+            try:
+                done = self.guard_dry_run(
+                    lambda: rehearse(self, conn, plan, executors, report, AnalyzeOptions())
+                )
+            except MigrunnerError as err:
+                if "cannot rehearse on a copy" not in err.message:
+                    raise
+                raise MigrationFailed(
+                    f"{on_copy.message}; the real run commits each migration on its own, but "
+                    f"rehearsing it on a copy failed: {err.message}",
+                    sqlstate=on_copy.sqlstate,
+                ) from None
             self.log.warn(
                 f"rehearsed on a schema-only copy from {done.copy['reason'] if done.copy else ''}"
                 f" (the real run commits each migration on its own; on the target: "

@@ -428,3 +428,17 @@ def test_a_copy_without_createdb_is_a_clear_error(
         with psycopg.connect(pg_server, autocommit=True) as admin:
             admin.execute(f'REVOKE ALL ON DATABASE "{dbname}" FROM "{role}"')
             admin.execute(f'DROP ROLE "{role}"')
+
+
+def test_dry_run_without_pg_dump_says_why_it_cannot_go_on(target: str) -> None:
+    r = run_cli(
+        "up", "--dry-run", "--url", target, "--migrations-path", str(ANALYZE / "enum-pair"),
+        env={"PATH": "/nonexistent"},
+    )  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert "[SQLSTATE 55P04]" in line and "002-use-value.sql" in line
+    assert (
+        "rehearsing it on a copy failed: cannot rehearse on a copy: pg_dump is not installed"
+        in line
+    )
