@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from runner.analyze import (
     ROW_COUNT_CAP,
     Facts,
+    Finding,
     Report,
     Session,
     Thresholds,
@@ -68,6 +69,7 @@ def rehearse(
     blockers: list[Session] = []
     existing: set[str] = set()
     copy_from: int | None = 0 if opts.on_copy else None
+    blocked_in: str | None = None
     reason = "--on-copy"
     if not opts.on_copy:
         ms = int(settings.statement_lock_timeout * 1000)
@@ -83,6 +85,7 @@ def rehearse(
                         if why == "55P03":
                             found = watch.take()
                             blockers = [replace(s, migration=mig.name) for s in found]
+                            blocked_in = mig.name
                             why = "a lock was not granted within the statement lock timeout"
                         copy_from, reason = i, f"{mig.name}: {why}"
                         break
@@ -104,7 +107,18 @@ def rehearse(
     rows = target_rows(migrator, touched & existing, opts)
     facts = Facts(rows=rows, created=created)
     findings = analyze(observer.migrations, facts, opts.thresholds)
-    findings = blocked_findings(blockers) + findings
+    early = blocked_findings(blockers)
+    if blocked_in is not None and not early:  # the wait ended before the watch saw it
+        early = [
+            Finding(
+                "lock-blocked",
+                blocked_in,
+                None,
+                "a lock was not granted within the statement lock timeout; the sessions in the "
+                "way were gone before they could be named; fix: run again, or when they are done",
+            )
+        ]
+    findings = early + findings
     return Report(observer.migrations, findings, blockers, copy_info, settings.target, created)
 
 
