@@ -81,6 +81,7 @@ def scratch_copy(settings: Settings) -> Iterator[tuple[Settings, dict[str, Any]]
     import psycopg
 
     name = f"migrunner_rehearsal_{secrets.token_hex(5)}"
+    dump = dump_schema(settings)  # first: without pg_dump, no database is created at all
     with connect(settings, "analyze copy") as admin:
         row = admin.execute(
             "SELECT pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database "
@@ -99,7 +100,6 @@ def scratch_copy(settings: Settings) -> Iterator[tuple[Settings, dict[str, Any]]
                 "(the role needs CREATEDB)"
             ) from None
     try:
-        dump = dump_schema(settings)
         info = {**settings.conninfo, "dbname": name}
         target = settings.target.rsplit("/", 1)[0] + "/" + name
         copy = replace(settings, conninfo=info, target=target)
