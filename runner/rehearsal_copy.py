@@ -67,8 +67,9 @@ def dump_schema(settings: Settings) -> str:
         check=False,
     )
     if proc.returncode != 0:
-        err = (proc.stderr.strip().splitlines() or ["pg_dump failed"])[-1]
-        raise MigrunnerError(
+        lines = proc.stderr.strip().splitlines() or ["pg_dump failed"]
+        err = next((x for x in lines if "error:" in x), lines[-1])
+        raise ConfigError(
             f"cannot rehearse on a copy: pg_dump of {settings.target} failed: "
             f"{redact(err, settings.password)}"
         )

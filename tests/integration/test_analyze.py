@@ -412,6 +412,7 @@ def test_a_copy_without_createdb_is_a_clear_error(
         admin.execute(f'CREATE ROLE "{role}" LOGIN NOCREATEDB')
         admin.execute(f'GRANT ALL ON DATABASE "{dbname}" TO "{role}"')
     db.execute(f'GRANT ALL ON SCHEMA public TO "{role}"')
+    db.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{role}"')
     try:
         url = target.replace("postgres@", f"{role}@", 1)
         r = run_cli(
@@ -424,6 +425,7 @@ def test_a_copy_without_createdb_is_a_clear_error(
         assert "(the role needs CREATEDB)" in line
         assert "Traceback" not in r.stderr
     finally:
+        db.execute(f'REVOKE ALL ON ALL TABLES IN SCHEMA public FROM "{role}"')
         db.execute(f'REVOKE ALL ON SCHEMA public FROM "{role}"')
         with psycopg.connect(pg_server, autocommit=True) as admin:
             admin.execute(f'REVOKE ALL ON DATABASE "{dbname}" FROM "{role}"')
