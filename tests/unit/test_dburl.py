@@ -62,3 +62,14 @@ def test_a_url_libpq_rejects_still_names_no_secret() -> None:
     with pytest.raises(ConfigError) as info:
         url_to_conninfo("postgres://u:s3cret%zz@h/app?search_path=a", "DATABASE_URL")
     assert "s3cret" not in info.value.message
+
+
+def test_fleet_target_lines_with_a_search_path_are_schema_targets() -> None:
+    from runner.fleet import parse_target_lines
+
+    one, two = parse_target_lines(
+        ["postgres://h/app?search_path=t1,public", "postgres://h/app?search_path=t2,public"], "x"
+    )
+    assert (one.schema, two.schema) == ("t1", "t2")
+    assert one.key != two.key
+    assert one.conninfo["options"] == "-c search_path=t1,public"
