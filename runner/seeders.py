@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Literal
 
 from runner.errors import MigrationFailed, MigrunnerError, SourceError
 from runner.plan import Plan, find
-from runner.source import Migration, discover, js_sort_key
+from runner.source import Migration, discover
 
 if TYPE_CHECKING:
     import psycopg
@@ -107,10 +107,9 @@ def plan_undo(
     sequelize-cli's candidates are the pending seeders with storage ``none`` (nothing is ever
     recorded) and the recorded ones otherwise."""
     by_name = {m.name: m for m in available}
-    if storage == "none":
-        candidates = [m.name for m in available]
-    else:
-        candidates = sorted(set(executed), key=js_sort_key)
+    # otherwise the storage's own order, as umzug's executed(): by name in SequelizeData
+    # (ORDER BY name), the order of insertion in sequelize-data.json
+    candidates = [m.name for m in available] if storage == "none" else list(dict.fromkeys(executed))
     if seeds is not None:
         candidates = [c for c in candidates if c in set(seeds)]
     if not candidates:

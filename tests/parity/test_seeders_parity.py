@@ -73,7 +73,8 @@ STEPS_NONE = [
     ("db:seed:all",),  # nothing recorded: everything runs again, as in sequelize-cli
     ("db:seed:undo",),  # with nothing recorded: the last file
 ]
-STEPS_JSON = [("db:seed:all",), ("db:seed:undo", "--seed", DEMO)]
+# sequelize-data.json keeps insertion order: undo reverts the last seeded, not the last name
+STEPS_JSON = [("db:seed", "--seed", MORE), ("db:seed", "--seed", DEMO), ("db:seed:undo",)]
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,8 @@ def test_undo_candidates_depend_on_the_storage() -> None:
     assert names(plan_undo(SEEDERS, [A, B], "sequelize", None, False)) == [B]
     assert names(plan_undo(SEEDERS, [A, B], "json", None, True)) == [B, A]
     assert plan_undo(SEEDERS, [], "sequelize", None, True) == []
+    # json keeps insertion order: the last seeded is the first reverted
+    assert names(plan_undo(SEEDERS, [B, A], "json", None, False)) == [A]
     # --seed: exact names only, as sequelize-cli filters with includes()
     assert names(plan_undo(SEEDERS, [A, B], "sequelize", (A, C), False)) == [A]
     assert plan_undo(SEEDERS, [A], "sequelize", ("20240101",), False) == []
