@@ -496,7 +496,8 @@ def raise_empty(src: Source) -> None:
     from runner.errors import SourceError
 
     raise SourceError(
-        f"no migrations found in {src.folder} (expected .js/.cjs/.ts/.cts/.sql files)"
+        f"no migrations found in {src.folder} (expected .js/.cjs/.mjs/.ts/.cts/.mts files, "
+        "versioned .sql files or NAME/up.sql folders)"
     )
 
 
