@@ -39,3 +39,15 @@ def test_vanished_file_fails_where_used(tmp_path: Path) -> None:
     assert not m._checksum
     with pytest.raises(SourceError, match="cannot read migration file"):
         _ = m.checksum
+
+
+def test_folder_migration_is_hashed_lazily(tmp_path: Path) -> None:
+    write(tmp_path, 1)
+    folder = tmp_path / "002-folder"
+    folder.mkdir()
+    (folder / "up.sql").write_text("CREATE TABLE f (id int);\n")
+    src = discover(tmp_path)
+    hash_all(src.migrations)  # a directory cannot be read as one file: left to .checksum
+    m = next(m for m in src.migrations if m.name == "002-folder")
+    assert not m._checksum
+    assert len(m.checksum) == 64
