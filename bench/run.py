@@ -128,6 +128,20 @@ class Server:
             if m and int(m.group(1)) != os.getpid() and not Path(f"/proc/{m.group(1)}").exists():
                 self.drop(name)
 
+    def ready(self) -> bool:
+        try:
+            with self.admin() as conn:
+                conn.execute("SELECT 1")
+            return True
+        except psycopg.OperationalError:
+            return False
+
+    def wait_ready(self, timeout: float = 300.0) -> None:
+        """The shared server may be restarted by other work on the machine: wait for it."""
+        deadline = time.monotonic() + timeout
+        while not self.ready() and time.monotonic() < deadline:
+            time.sleep(1.0)
+
     def db_url(self, name: str) -> str:
         return urlunsplit(urlsplit(self.url)._replace(path="/" + name))
 
@@ -298,13 +312,22 @@ class Bench:
                 if len(res.errors) >= 2:  # a broken tool: do not burn the time budget
                     continue
                 tpl = self.templates.get(c.template) if c.template else None
-                db = self.server.create(template=tpl)
                 label = f"{c.workload}-{c.op}-{c.tool}-{c.copies}-{i}"
-                try:
-                    run = self.execute(c, db, self.work / "logs" / label)
-                    error = check(run, c, self.server.meta_rows(db, c.meta_table))
-                finally:
-                    self.server.drop(db)
+                for _attempt in range(3):  # a run the server's restart broke is run again
+                    self.server.wait_ready()
+                    try:
+                        db = self.server.create(template=tpl)
+                        try:
+                            run = self.execute(c, db, self.work / "logs" / label)
+                            error = check(run, c, self.server.meta_rows(db, c.meta_table))
+                        finally:
+                            self.server.drop(db)
+                    except psycopg.OperationalError as exc:
+                        print(f"  server unavailable ({str(exc).strip()[:80]}): again", flush=True)
+                        continue
+                    if not error or self.server.ready():
+                        break
+                    print("  the server went away during the run: again", flush=True)
                 status = "warm-up" if i < warmup else f"run {i - warmup + 1}/{runs}"
                 line = (
                     f"  {c.workload:<16} {c.op:<7} {c.tool:<14} x{c.copies:<3} {status:<9} "
@@ -896,6 +919,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="measure nothing: rewrite the tables from the --out JSON (to --markdown)",
     )
     args = ap.parse_args(argv)
+    args.out = args.out.resolve()  # the workloads live next to it; commands run elsewhere
+    if args.markdown is not None:
+        args.markdown = args.markdown.resolve()
     quick = args.quick
     args.runs = args.runs or (1 if quick else 5)
     args.big_runs = args.big_runs or (1 if quick else 3)
