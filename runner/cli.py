@@ -118,7 +118,9 @@ def build_settings(opts: CliOptions, environ: dict[str, str]) -> Settings:
                 environ=environ,
             )
         )
-        import psycopg  # noqa: F401  -- imported while node evaluates the config (~0.05 s each)
+        from runner.quickread import libpq
+
+        libpq()  # loaded while node evaluates the config; psycopg only if something is pending
 
         app = loading.result()
     return resolve(opts, environ, app, cwd)
