@@ -20,10 +20,18 @@ import contextlib
 import ctypes
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 CONNECTION_OK = 0
 PGRES_TUPLES_OK = 2
+
+
+class QuickState(NamedTuple):
+    applied: tuple[str, ...]
+    checksums: dict[str, str]
+    meta_exists: bool
+    busy: bool  # the migration lock is held, or another migrunner session is connected
+
 
 _lib: Any = None
 _tried = False
@@ -165,9 +173,12 @@ def read_state(
     applied_sql: str,
     checksums_sql: str,
     storage: str,
-) -> tuple[tuple[str, ...], dict[str, str], bool] | None:
-    """(applied names, name → checksum, SequelizeMeta exists), or None to take the ordinary
-    path. Three statements, the ordinary path's own queries."""
+    lock_ids: tuple[int, int] = (0, 0),
+) -> QuickState | None:
+    """The state, or None to take the ordinary path: two statements (the second only when
+    SequelizeMeta exists) built from the ordinary path's own queries. ``busy`` (the migration
+    lock, ``lock_ids`` = its pg_locks classid/objid, is held or another migrunner session is
+    connected) tells whether node may be booted before the lock is taken."""
     lib = libpq()
     if lib is None:
         return None
@@ -179,14 +190,20 @@ def read_state(
     try:
         if lib.PQstatus(conn) != CONNECTION_OK:
             return None
-        ((meta_exists, history_exists),) = query(
+        classid, objid = (int(x) for x in lock_ids)
+        ((meta_exists, history_exists, busy),) = query(
             lib,
             conn,
-            "SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL",
+            "SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL, "
+            "EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' "
+            f"AND classid = {classid}::oid AND objid = {objid}::oid AND objsubid = 1 "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())) "
+            "OR EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+            "AND datname = current_database() AND application_name LIKE 'migrunner/%')",
             (meta_ref, history_ref),
         )
         if meta_exists != "t":
-            return (), {}, False
+            return QuickState((), {}, False, busy == "t")
         # one value per list: a ctypes call per row and column would cost more than psycopg
         names = f"SELECT coalesce(json_agg(s.name ORDER BY s.name), '[]') FROM ({applied_sql}) s"
         sums = "'{}'"
@@ -204,7 +221,7 @@ def read_state(
         checksums = json.loads(sums_json or "{}") if applied else {}
         if not all(isinstance(n, str) for n in applied) or not isinstance(checksums, dict):
             return None
-        return applied, checksums, True
+        return QuickState(applied, checksums, True, busy == "t")
     except (LookupError, UnicodeDecodeError, ValueError):
         return None
     finally:

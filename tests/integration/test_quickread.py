@@ -22,11 +22,13 @@ HISTORY = HistoryTable(META.ref)
 
 
 def quick(url: str) -> tuple[tuple[str, ...], dict[str, str], bool] | None:
+    """(applied, checksums, meta_exists) as read by the libpq path."""
     params = parse_conninfo(url)
     assert params is not None
-    return read_state(
+    got = read_state(
         params, META.ref, HISTORY.ref, META.applied_sql(), HISTORY.checksums_sql("$1"), META.ref
     )
+    return None if got is None else (got.applied, got.checksums, got.meta_exists)
 
 
 def test_reads_what_psycopg_reads(db_url: str, db: psycopg.Connection) -> None:
