@@ -200,14 +200,13 @@ class Migrator:
                 executors = Executors(self.settings, self.log)
                 executors.js.get_bridge().prestart()
                 owned = executors
+        conn: psycopg.Connection | None = None  # opened once the lock is ours, when read quickly
         try:
-            conn = self.open(wait)
-        except BaseException:
-            if owned is not None:
-                owned.close()
-            raise
-        try:
-            state = guarded(lambda: self.read_state(conn))
+            if quick is None:
+                conn = self.open(wait)
+                state = guarded(lambda: self.read_state(conn))  # type: ignore[arg-type]
+            else:
+                state = State(quick.applied, quick.checksums, quick.meta_exists)
             plan = plan_up(src.migrations, state.applied, to, from_=from_, name=name)
             prehash.wait()
             self.check_drift(src, state)
@@ -229,15 +228,19 @@ class Migrator:
                 else:
                     # A waiter holds one connection and no node: with N runners starting at
                     # once, N-1 of them will find nothing to do.
-                    conn.close()
+                    if conn is not None:
+                        conn.close()
+                        conn = None
                     lock.acquire()
+                if conn is None:
                     conn = self.open(False)
                 state = guarded(lambda: self.read_state(conn))  # again, under the lock
                 self.check_drift(src, state, announce=False)
                 plan = plan_up(src.migrations, state.applied, to, from_=from_, name=name)
                 return self.execute(conn, plan, dry_run, lock, ex)
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
             if owned is not None:
                 owned.close()
 
