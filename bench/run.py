@@ -30,7 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -487,7 +487,7 @@ def plan(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             argv,
             FORUM,
             meta,
-            template=f"forum-{tool}" if migrated else None,
+            template=f"forum-{tool.replace(BEFORE, 'migrunner')}" if migrated else None,
             success_line=SUCCESS if tool == "migrunner" and op in ("up", "noop") else None,
         )
 
@@ -606,7 +606,27 @@ def plan(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             ),
         ],
     }
+    if args.baseline:
+        add_baseline(groups, str(args.migrunner), str(args.baseline))
     return groups
+
+
+BEFORE = "migrunner-before"
+
+
+def add_baseline(groups: dict[str, Any], current: str, baseline: str) -> None:
+    """Beside every migrunner case, the same case run by ``--baseline`` (another build, e.g.
+    main before a change), alternating run by run with the others: before/after ratios from
+    one run of a machine whose load changes. It starts from migrunner's own templates."""
+    for ops in groups.values():
+        for op, cases in ops.items():
+            out = []
+            for c in cases:
+                out.append(c)
+                if c.tool == "migrunner":
+                    argv = [a.replace(current, baseline) for a in c.argv]
+                    out.append(replace(c, tool=BEFORE, argv=argv))
+            ops[op] = out
 
 
 def dbmate_argv() -> list[str]:
@@ -635,7 +655,7 @@ def scale_cases(
             argv,
             work,
             n,
-            template=f"scale-{tool}" if template else None,
+            template=f"scale-{tool.replace(BEFORE, 'migrunner')}" if template else None,
             success_line=SUCCESS if tool == "migrunner" and op != "status" else None,
             meta_table="schema_migrations" if tool == "dbmate" else "SequelizeMeta",
         )
@@ -644,7 +664,8 @@ def scale_cases(
         "up": [
             case("up", "migrunner", [*mig, "up", *m_path], False),
             case("up", "dbmate", [*dbm, *d_dir, "migrate"], False),
-            Case("scale", "up", "psql", [*psql, str(work / "scale-concat.sql")], work, n),
+            # no `psql -1 -f` floor here: 10,000 migrations in one transaction exceed the
+            # server's lock table (max_locks_per_transaction) and would starve other sessions
         ],
         "noop": [
             case("noop", "migrunner", [*mig, "up", *m_path], True),
@@ -676,7 +697,6 @@ def prepare(args: argparse.Namespace, work: Path) -> None:
     write_js_app(work / "js", args.count, NODE_DIR / "node_modules")
     if not args.only or "scale" in args.only.split(","):
         write_sql(work / "scale", args.scale_count)
-        write_sql_concat(work / "scale-concat.sql", args.scale_count)
 
 
 # --------------------------------------------------------------------------- report
@@ -687,7 +707,9 @@ def stats_of(doc: dict[str, Any], workload: str, op: str, tool: str) -> dict[str
     return entry if entry and entry.get("runs") else None
 
 
-def ratios(doc: dict[str, Any], n: int, k: int, nproc: int) -> list[dict[str, Any]]:
+def ratios(
+    doc: dict[str, Any], n: int, k: int, nproc: int, me: str = "migrunner"
+) -> list[dict[str, Any]]:
     """Ratios of medians with the issue's targets (reported, never asserted)."""
     out: list[dict[str, Any]] = []
 
@@ -715,15 +737,15 @@ def ratios(doc: dict[str, Any], n: int, k: int, nproc: int) -> list[dict[str, An
     ]:
         add(
             f"forum {op}: migrunner / sequelize-cli",
-            div(wall("forum", op, "migrunner"), wall("forum", op, "sequelize-cli")),
+            div(wall("forum", op, me), wall("forum", op, "sequelize-cli")),
             target=target,
         )
-    for tool in ("migrunner", "sequelize-cli"):
+    for tool in (me, "sequelize-cli"):
         add(
             f"forum up: {tool} / psql floor",
             div(wall("forum", "up", tool), wall("forum-psql", "up", "psql")),
         )
-    m, p = wall("sql", "up", "migrunner"), wall("sql", "up", "psql")
+    m, p = wall("sql", "up", me), wall("sql", "up", "psql")
     add(f"{n} SQL: migrunner / psql floor", div(m, p), target=1.5)
     add(
         f"{n} SQL: migrunner / psql with one transaction per migration",
@@ -738,24 +760,20 @@ def ratios(doc: dict[str, Any], n: int, k: int, nproc: int) -> list[dict[str, An
     for op in ("up", "noop", "status"):
         add(
             f"{ns} SQL {op}: migrunner / dbmate",
-            div(wall("scale", op, "migrunner"), wall("scale", op, "dbmate")),
+            div(wall("scale", op, me), wall("scale", op, "dbmate")),
             target=0.8 if op == "up" else 1.0,
         )
-    add(
-        f"{ns} SQL up: migrunner / psql floor",
-        div(wall("scale", "up", "migrunner"), wall("scale", "up", "psql")),
-    )
-    mj = wall("js", "up", "migrunner")
+    mj = wall("js", "up", me)
     add(
         f"{n} JS: migrunner / sequelize-cli", div(mj, wall("js", "up", "sequelize-cli")), target=0.8
     )
     add(f"{n} JS: migrunner time per migration", div(mj, n / 1000), "ms")
     for w in ("forum", "sql"):
-        one, many = wall("concurrent", w, "migrunner"), wall("concurrent", w, f"migrunner x{k}")
+        one, many = wall("concurrent", w, me), wall("concurrent", w, f"{me} x{k}")
         add(f"{k} concurrent runners ({w}): all done / one alone", div(many, one), target=1.5)
         # With fewer cores than runners the batch cannot end before its CPU time has been
         # served: ~1.0 means no time lost waiting, the rest is CPU (fewer cores than pods).
-        batch_cpu = cpu("concurrent", w, f"migrunner x{k}")
+        batch_cpu = cpu("concurrent", w, f"{me} x{k}")
         floor = None if one is None or batch_cpu is None else max(one, batch_cpu / nproc)
         add(
             f"{k} concurrent runners ({w}): all done / CPU-bound floor on {nproc} cores",
@@ -764,7 +782,7 @@ def ratios(doc: dict[str, Any], n: int, k: int, nproc: int) -> list[dict[str, An
         add(f"{k} concurrent runners ({w}): CPU per runner", div(batch_cpu, k), "s")
         # the one that migrates costs what a runner alone costs; the rest only wait and find
         # nothing to do
-        alone = cpu("concurrent", w, "migrunner")
+        alone = cpu("concurrent", w, me)
         add(
             f"{k} concurrent runners ({w}): CPU per waiting runner",
             None if batch_cpu is None or alone is None else (batch_cpu - alone) / (k - 1),
@@ -777,7 +795,7 @@ def ratios(doc: dict[str, Any], n: int, k: int, nproc: int) -> list[dict[str, An
         ("sql", "up", 64),
         ("concurrent", "sql", 64),
     ]:
-        s = stats_of(doc, w, op, "migrunner")
+        s = stats_of(doc, w, op, me)
         add(
             f"peak memory, migrunner {w} {op} (tree, worst run)",
             float(s["peak_rss_mib"]["max"]) if s else None,
@@ -786,7 +804,7 @@ def ratios(doc: dict[str, Any], n: int, k: int, nproc: int) -> list[dict[str, An
         )
     for op in ("up", "noop"):
         # largest single process (VmHWM): migrunner's python or node vs sequelize-cli's node
-        m = stats_of(doc, "forum", op, "migrunner")
+        m = stats_of(doc, "forum", op, me)
         q = stats_of(doc, "forum", op, "sequelize-cli")
         add(
             f"largest single process, forum {op}: migrunner / sequelize-cli (worst runs)",
@@ -846,10 +864,23 @@ def markdown(doc: dict[str, Any]) -> str:
                     f"{fmt_range(s, 'peak_rss_mib', 'MiB', 0)} | "
                     f"{s['cpu_s']['median']:.2f} | {s['runs']} |"
                 )
-    lines += ["", "| ratio (medians) | value | target | |", "|---|---|---|---|"]
+    before = {r["name"]: r for r in doc.get("ratios_before") or []}
+    if before:
+        lines += [
+            "",
+            f"| ratio (medians; before = `{BEFORE}`, after = `migrunner`) | before | after "
+            "| target | after |",
+            "|---|---|---|---|---|",
+        ]
+    else:
+        lines += ["", "| ratio (medians) | value | target | |", "|---|---|---|---|"]
     for r in doc["ratios"]:
+        was = before.get(r["name"])
         lines.append(
-            f"| {r['name']} | {fmt_value(r['value'], r['unit'])} | "
+            f"| {r['name']} | "
+            + (f"{fmt_value(was['value'], was['unit'])} | " if before and was else "")
+            + ("n/a | " if before and not was else "")
+            + f"{fmt_value(r['value'], r['unit'])} | "
             f"{'' if r['target'] is None else '≤ ' + fmt_value(r['target'], r['unit'])} | "
             f"{ {True: 'met', False: '**missed**', None: ''}[r['met']] } |"
         )
@@ -913,6 +944,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "none with --quick or --only)",
     )
     ap.add_argument("--migrunner", type=Path, default=ROOT / ".venv" / "bin" / "migrunner")
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        help="another migrunner build measured beside --migrunner as 'migrunner-before'",
+    )
     ap.add_argument(
         "--render",
         action="store_true",
@@ -1008,6 +1044,10 @@ def main(argv: list[str] | None = None) -> int:
             "memory_method": MEMORY_METHOD,
         }
     doc["ratios"] = ratios(doc, args.count, args.concurrency, os.cpu_count() or 1)
+    if args.baseline:
+        doc["ratios_before"] = ratios(
+            doc, args.count, args.concurrency, os.cpu_count() or 1, BEFORE
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
     table = markdown(doc)
