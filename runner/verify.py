@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 #: Exit code when the round trip does not hold (README's table).
 VERIFY_FAILED = 7
 MAX_DIFFERENCES = 20
-_DECLARED_THROW = re.compile(r"\((?:down)\): Error: ")
 
 
 class VerifyFailed(MigrunnerError):
@@ -98,8 +97,16 @@ def declared_irreversible(mig: Migration, err: MigrationFailed) -> str | None:
         return "no down()"
     if "has no '-- migrate:down' section" in text:
         return "no '-- migrate:down' section"
-    if err.sqlstate is None and mig.kind != "sql" and _DECLARED_THROW.search(text):
-        return "down() throws: " + text.split("): ", 1)[-1]
+    # The bridge reports a plain Error thrown by the migration's own code as
+    # "NAME (down): MESSAGE at NAME:LINE"; other classes keep their name ("TypeError: ..."),
+    # SQL errors carry a SQLSTATE, and bridge/node failures name no line of the file.
+    thrown = re.fullmatch(
+        rf"{re.escape(mig.name)} \(down\): (?!\w*Error: )(.*) at {re.escape(mig.name)}:\d+",
+        text,
+        re.DOTALL,
+    )
+    if err.sqlstate is None and mig.kind != "sql" and thrown:
+        return "down() throws: " + thrown.group(1)
     return None
 
 
