@@ -107,6 +107,8 @@ def select_node(environ: Mapping[str, str]) -> NodeChoice | None:
     if bundled and not on_path:
         return NodeChoice(bundled, f"the {EXTRA} extra", reason="no node on PATH")
     assert on_path and bundled
+    if os.path.realpath(on_path) == os.path.realpath(bundled):  # e.g. the image's symlink
+        return NodeChoice(on_path, f"the {EXTRA} extra")
     version = node_version(on_path)
     if version and version[0] >= MIN_NODE_MAJOR:
         return NodeChoice(on_path, "PATH", _v(version))

