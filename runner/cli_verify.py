@@ -94,7 +94,7 @@ def verify_cmd(strict: bool, as_json: bool, **kw: Any) -> None:
     """Apply every migration on an empty database, check each down() restores the schema
     before its up(), apply all again. Without --url: a throwaway embedded PostgreSQL.
 
-    Exit 0 when the round trip holds, 7 when it does not."""
+    Exit 0 when the round trip holds, 9 when it does not."""
     embedded = not (kw.get("url") or kw.get("direct_url") or kw.get("config"))
     if embedded:
         kw["url"] = _EMBEDDED_PLACEHOLDER

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from runner.source import Migration
 
 #: Exit code when the round trip does not hold (README's table).
-VERIFY_FAILED = 7
+VERIFY_FAILED = 9
 MAX_DIFFERENCES = 20
 
 

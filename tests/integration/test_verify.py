@@ -15,7 +15,7 @@ from tests.conftest import FIXTURES, run_cli
 from tests.support.state import meta_rows
 
 FORUM = FIXTURES / "forum" / "src" / "migrations"
-VERIFY_FAILED = 7
+VERIFY_FAILED = 9
 
 
 def write(folder: Path, files: dict[str, str]) -> Path:
