@@ -483,3 +483,7 @@ def main() -> None:
 
 
 __all__ = ["cli", "main"]
+
+from runner.cli_verify import verify_cmd  # noqa: E402  -- its own module; registered here
+
+cli.add_command(verify_cmd)

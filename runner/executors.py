@@ -218,9 +218,11 @@ class JsExecutor:
     def get_bridge(self) -> Any:
         if self.bridge is None:
             from migrations_compat.bridge import BridgeOptions, NodeBridge
+            from migrations_compat.node_runtime import bridge_node
 
             self.bridge = NodeBridge(
                 BridgeOptions(
+                    node=bridge_node(self.log),
                     search_dirs=self.settings.search_dirs,
                     sequelize_options=dict(self.settings.sequelize_options),
                     # a migration's own pg connection waiting on our open transaction gives
