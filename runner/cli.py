@@ -67,6 +67,17 @@ COMMON = [
         default=False,
         help="Run even if applied migrations' files are missing or changed.",
     ),
+    click.option(
+        "--strict-await",
+        is_flag=True,
+        default=False,
+        help="Fail JS migrations that leave queries un-awaited (env MIGRUNNER_STRICT_AWAIT).",
+    ),
+    click.option(
+        "--settle-timeout",
+        type=float,
+        help="Seconds to wait for a JS migration's un-awaited queries (default 120).",
+    ),
     # sequelize-cli flags accepted for drop-in compatibility; they do not affect migrations.
     click.option("--seeders-path", hidden=True),
     click.option("--models-path", hidden=True),
@@ -97,6 +108,8 @@ def options_from(kw: dict[str, Any]) -> CliOptions:
         wait_timeout=kw.get("wait_timeout"),
         log_format=kw.get("log_format"),
         allow_drift=bool(kw.get("allow_drift")),
+        strict_await=bool(kw.get("strict_await")),
+        settle_timeout=kw.get("settle_timeout"),
     )
 
 

@@ -213,6 +213,8 @@ class JsExecutor:
                     # a migration's own pg connection waiting on our open transaction gives
                     # up as our statements would, instead of hanging
                     own_connection_lock_timeout=max(self.settings.statement_lock_timeout, 1.0),
+                    strict_await=self.settings.strict_await,
+                    settle_timeout=self.settings.settle_timeout,
                 ),
                 self.log,
             )
