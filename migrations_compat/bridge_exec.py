@@ -198,7 +198,7 @@ class StatementExecutor:
         results: list[dict[str, Any]] = []
         for group in groups:
             if group[0].kind.is_transaction_control:
-                results.append(self._transaction_control(client, group[0]))
+                results.append(self._chained_control(client, group[0]))
             else:
                 results.extend(self._run_batch(client, None, group, values))
         return results
@@ -286,6 +286,27 @@ class StatementExecutor:
         """Run ``sql`` and return its results; see :func:`_stream`. ``skip``: leading results
         that belong to the runner's wrapping (not numbered for the JS side)."""
         return _stream(self.conn, sql, values, self._encoding, self._rows, skip)
+
+    def _chained_control(self, client: int, piece: Piece) -> dict[str, Any]:
+        """``COMMIT AND CHAIN`` / ``ROLLBACK AND CHAIN``: the transaction's end, then at once a
+        new transaction of the same client (a savepoint like any other, so it has the runner's
+        transaction's characteristics, as the chained one had). Sent as is, it would end the
+        runner's own transaction and leave the migration half-applied."""
+        if not piece.chain:
+            return self._transaction_control(client, piece)
+        if self._client_transaction(client) is None:
+            err = StatementError(
+                f"{piece.command} AND CHAIN can only be used in transaction blocks",
+                "25P01",
+                piece.text,
+            )
+            self._record(piece.text, None, LABEL_TRANSACTION_CONTROL, err.sqlstate)
+            raise StatementFailure(err)
+        result = self._transaction_control(client, piece)
+        self._transaction_control(
+            client, Piece("BEGIN /* AND CHAIN */", Kind.BEGIN, command="BEGIN")
+        )
+        return result
 
     def _transaction_control(self, client: int, piece: Piece) -> dict[str, Any]:
         """Map the migration's transaction control onto savepoints of the runner's transaction."""

@@ -199,15 +199,20 @@ def print_dry_run(report: Any, log: Log) -> None:
     for mig, transactional, result in report.dry_run:
         mode = "transactional" if transactional else "non-transactional"
         log.out(f"-- {mig.name} ({report.plan.direction}, {mode})")
+        if result.not_rehearsed:
+            log.out(f"-- {result.not_rehearsed}")
+            log.warn(f"{mig.name}: {result.not_rehearsed}", migration=mig.name)
         for label, sql in result.statements:
             if label != "statement":
                 log.out(f"-- [{label}]")
             text = sql.rstrip()
             log.out(text if text.endswith(";") else text + ";")
         log.out("")
+    skipped = sum(1 for _m, _t, r in report.dry_run if r.not_rehearsed)
     log.info(
         f"Dry run: {len(report.dry_run)} migration(s) would run; everything was rolled back "
         "(sequences may have advanced)."
+        + (f" {skipped} of them NOT rehearsed (see above)." if skipped else "")
     )
 
 

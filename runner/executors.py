@@ -38,6 +38,8 @@ class RunResult:
     """What an executor ran: (label, sql) pairs, for the dry-run plan and the log."""
 
     statements: list[tuple[str, str]] = field(default_factory=list)
+    #: Dry run: why this migration was not (faithfully) rehearsed; None when it was.
+    not_rehearsed: str | None = None
 
 
 class Executor(Protocol):
@@ -238,7 +240,7 @@ class JsExecutor:
         out = self.get_bridge().run(
             mig.path, direction, conn, transactional=transactional, dry_run=dry_run
         )
-        result = RunResult()
+        result = RunResult(not_rehearsed=out.not_rehearsed)
         for st in out.statements:
             result.statements.append((str(st.label), str(st.sql)))
         return result

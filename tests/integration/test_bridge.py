@@ -267,6 +267,14 @@ def test_caught_error_leaves_the_runner_transaction_usable(
     assert exists(db, "after_catch") and exists(db, "recorded_after")
 
 
+def test_large_results_stream_in_chunks_and_failures_discard_them(
+    bridge: NodeBridge, runner_conn: psycopg.Connection, db: psycopg.Connection
+) -> None:
+    out = run_in_transaction(bridge, runner_conn, "streamed.js")
+    assert db.execute("SELECT n FROM streamed_ok").fetchall() == [(1000,)]
+    assert [s.sqlstate for s in out.statements if s.sqlstate] == ["22012"]
+
+
 def test_statement_cut_by_a_nul_byte_is_refused_and_the_migration_goes_on(
     bridge: NodeBridge, runner_conn: psycopg.Connection, db: psycopg.Connection, captured: Captured
 ) -> None:
