@@ -436,7 +436,7 @@ def test_query_still_running_when_up_resolves_is_waited_for(
             holder.execute("BEGIN")
             holder.execute("LOCK TABLE gate IN ACCESS EXCLUSIVE MODE")
 
-            def release_once_blocked_and_resolved() -> None:
+            def release_once_blocked_and_resolved(resolved: Path = resolved) -> None:
                 # The query waits on our lock (the database says so) and up() has resolved.
                 blocked = (
                     "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
