@@ -464,7 +464,9 @@ def test_query_still_running_when_up_resolves_is_waited_for(
                 "INSERT INTO gate VALUES (1) — missing await? (--strict-await)"
             )
         else:
-            assert "still-running.js (up): not awaited: INSERT INTO gate VALUES (1)" in captured.text
+            assert (
+                "still-running.js (up): not awaited: INSERT INTO gate VALUES (1)" in captured.text
+            )
     assert db.execute("SELECT count(*) FROM gate").fetchone() == (1,)  # strict: rolled back
 
 
