@@ -259,7 +259,9 @@ def resolve(
         opts.settle_timeout, environ, "MIGRUNNER_SETTLE_TIMEOUT", DEFAULT_SETTLE_TIMEOUT
     )
     if not settle_timeout > 0:
-        raise ConfigError(f"--settle-timeout {settle_timeout}: expected seconds > 0")
+        raise ConfigError(
+            f"--settle-timeout / MIGRUNNER_SETTLE_TIMEOUT {settle_timeout}: expected seconds > 0"
+        )
     retries = (
         opts.retries
         if opts.retries is not None
