@@ -410,6 +410,7 @@ class NodeBridge:
         self._next_id = 0
         self._current: str | None = None
         self._late: list[dict[str, Any]] = []
+        self._dry = False
 
     @property
     def node_pid(self) -> int | None:
@@ -422,6 +423,16 @@ class NodeBridge:
         """Start node now without waiting for it; the first run then finds it warm."""
         if self._node is None:
             self._spawn()
+
+    def rehearsal(self) -> None:
+        """Everything that follows is a dry run: every connection a migration opens itself
+        (even while its file is loaded) is read-only. Call before the first migration."""
+        if self._dry:
+            return
+        self._dry = True
+        if self._node is not None:
+            with contextlib.suppress(_NodeGone):
+                self._node.send({"t": "init", "dry": True})
 
     def close(self) -> None:
         """Stop node. Reports queries that migrations issued after they had finished."""
@@ -479,7 +490,9 @@ class NodeBridge:
                 "strict": self.options.strict_await,
                 "settleMs": max(1, int(self.options.settle_timeout * 1000)),
             }
-            self._node.send({"t": "init", "sequelizeOptions": options, "floating": floating})
+            self._node.send(
+                {"t": "init", "sequelizeOptions": options, "floating": floating, "dry": self._dry}
+            )
         return self._node
 
     def _started(self) -> _NodeProcess:

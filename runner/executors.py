@@ -203,6 +203,7 @@ class JsExecutor:
         self.settings = settings
         self.log = log
         self.bridge: Any = None
+        self.rehearsing = False  # a dry run: see Executors.rehearsal
 
     def get_bridge(self) -> Any:
         if self.bridge is None:
@@ -220,6 +221,8 @@ class JsExecutor:
                 ),
                 self.log,
             )
+            if self.rehearsing:
+                self.bridge.rehearsal()
         return self.bridge
 
     def declared_transactional(self, mig: Migration, direction: str) -> bool | None:
@@ -270,6 +273,12 @@ class Executors:
                 self.sql.validate(mig, plan.direction)
         if any(m.kind == "js" for m in plan.steps):
             self.js.get_bridge().prestart()
+
+    def rehearsal(self) -> None:
+        """A dry run follows: connections JS migrations open themselves must not write."""
+        self.js.rehearsing = True
+        if self.js.bridge is not None:
+            self.js.bridge.rehearsal()
 
     def close(self) -> None:
         self.sql.close()

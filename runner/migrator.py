@@ -417,6 +417,7 @@ class Migrator:
         runs (bounded by ``statement_lock_timeout``) and advances sequences it touches.
         """
         ms = int(self.settings.statement_lock_timeout * 1000)
+        executors.rehearsal()  # before any migration file is loaded
         try:
             conn.execute(f"BEGIN; SET LOCAL lock_timeout = '{ms}ms'".encode())
             with_ts = self.ensure_tables(conn)

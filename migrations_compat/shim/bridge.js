@@ -392,6 +392,8 @@ class Bridge {
     // strict: refuse floating queries; settleMs: how long to wait for them (see Run.settle).
     this.floating = { strict: false, settleMs: 120000 };
     this.basePgOptions = process.env.PGOPTIONS;
+    this.dryRun = false;
+    this.ownOutsideRuns = 0;
     watchOwnConnections(this);
     this.current = null;
     this.queue = Promise.resolve();
@@ -427,6 +429,11 @@ class Bridge {
     if (msg.t === 'init') {
       this.sequelizeOptions = msg.sequelizeOptions || {};
       this.floating = { ...this.floating, ...(msg.floating || {}) };
+      if (msg.dry) {
+        // A dry run: from now on (module loading included) own connections are read-only.
+        this.dryRun = true;
+        this.setReadOnly(true);
+      }
       return;
     }
     // Runs and metadata reads are strictly sequential.
@@ -466,7 +473,10 @@ class Bridge {
   async run(msg) {
     const run = new Run(this, msg);
     this.current = run;
-    this.setReadOnly(run.dry);
+    this.setReadOnly(run.dry || this.dryRun);
+    // connections opened while its file was loaded (the `meta` request just before)
+    run.ownConnections += this.ownOutsideRuns;
+    this.ownOutsideRuns = 0;
     let error = null;
     let sequelize = null;
     try {
@@ -564,7 +574,8 @@ function watchOwnConnections(bridge) {
     Client.prototype.connect = function migrunnerConnect(callback) {
       const run = bridge.current;
       if (run) run.ownConnections++;
-      if (!run || !run.dry) return connect.call(this, callback);
+      else bridge.ownOutsideRuns++;
+      if (!bridge.dryRun && !(run && run.dry)) return connect.call(this, callback);
       // Dry run: make the session read-only before anyone can use it.
       const ready = connect
         .call(this)

@@ -81,6 +81,7 @@ def test_dry_run_never_writes_through_a_migration_own_connection(
     for name in (
         "20240401000100-purge-with-own-sequelize.js",  # a second Sequelize instance
         "20240401000200-rewrite-with-raw-pg.js",  # raw pg, its own `options` override PGOPTIONS
+        "20240401000050-writes-while-loading.js",  # connects while its file is being loaded
     ):
         assert NOT_REHEARSED in by_name[name], dry.stdout
         assert "read-only transaction [SQLSTATE 25006]" in by_name[name]
@@ -89,14 +90,15 @@ def test_dry_run_never_writes_through_a_migration_own_connection(
     assert NOT_REHEARSED in reads_only and "COMMENT ON TABLE accounts IS 'counted 3'" in reads_only
     assert NOT_REHEARSED not in by_name["20240401000400-plain.js"]
     assert 'CREATE TABLE IF NOT EXISTS "sessions"' in by_name["20240401000400-plain.js"]
-    assert "4 migration(s) would run; everything was rolled back" in dry.stderr
-    assert "3 of them NOT rehearsed (see above)." in dry.stderr
+    assert "5 migration(s) would run; everything was rolled back" in dry.stderr
+    assert "4 of them NOT rehearsed (see above)." in dry.stderr
 
     # the real run does write through those connections, as sequelize-cli would
     real = migrunner(db_url, DRY_OWN)
     assert real.returncode == 0, real.stderr
     assert db.execute("SELECT id, email FROM accounts ORDER BY id").fetchall() == [
-        (1, "ann@example.com.invalid")
+        (1, "ann@example.com.invalid"),
+        (3, "old@example.com"),  # made active while loading, so not purged
     ]
 
 
