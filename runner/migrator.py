@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from runner.db import connect, is_connection_lost, wait_until_ready
 from runner.errors import DatabaseUnavailable, DriftError, MigrationFailed, MigrunnerError
@@ -87,6 +87,7 @@ class RunReport:
     plan: Plan
     done: list[str] = field(default_factory=list)
     dry_run: list[tuple[Migration, bool, RunResult]] = field(default_factory=list)
+    analysis: Any = None  # runner.analyze.Report after `up --dry-run --analyze`
 
 
 class Migrator:
@@ -97,6 +98,7 @@ class Migrator:
         self.meta = MetaTable(settings.table, settings.schema, settings.timestamps)
         self.history = HistoryTable(self.meta.ref, settings.schema)
         self.server_version = 0
+        self.analysis: Any = None  # runner.rehearsal.AnalyzeOptions: observe the dry run
 
     # ---- reading ---------------------------------------------------------------------------
 
@@ -416,8 +418,16 @@ class Migrator:
         Faithful because PostgreSQL DDL is transactional, but it takes the same locks while it
         runs (bounded by ``statement_lock_timeout``) and advances sequences it touches.
         """
-        ms = int(self.settings.statement_lock_timeout * 1000)
         executors.rehearsal()  # before any migration file is loaded
+        if self.analysis is not None and plan.direction == "up":
+            from runner.rehearsal import rehearse
+
+            report.analysis = self.guard_dry_run(
+                lambda: rehearse(self, conn, plan, executors, report, self.analysis)
+            )
+            return
+        ms = int(self.settings.statement_lock_timeout * 1000)
+        on_copy: MigrationFailed | None = None
         try:
             conn.execute(f"BEGIN; SET LOCAL lock_timeout = '{ms}ms'".encode())
             with_ts = self.ensure_tables(conn)
@@ -435,11 +445,49 @@ class Migrator:
                 raise DatabaseUnavailable(
                     f"connection lost during dry run: {first_line(exc)}"
                 ) from None
+            needs_copy = getattr(exc, "sqlstate", None) in NEEDS_AUTOCOMMIT
+            if isinstance(exc, MigrationFailed) and needs_copy and plan.direction == "up":
+                on_copy = exc  # one transaction cannot, separate commits can: rehearse on a copy
+            elif isinstance(exc, MigrunnerError):
+                raise
+            else:
+                raise MigrationFailed(f"dry run failed: {first_line(exc)}") from None
+        finally:
+            rollback(conn)
+        if on_copy is not None:
+            from runner.rehearsal import AnalyzeOptions, rehearse
+
+            report.dry_run.clear()
+            try:
+                done = self.guard_dry_run(
+                    lambda: rehearse(self, conn, plan, executors, report, AnalyzeOptions())
+                )
+            except MigrunnerError as err:
+                if "cannot rehearse on a copy" not in err.message:
+                    raise
+                raise MigrationFailed(
+                    f"{on_copy.message}; the real run commits each migration on its own, but "
+                    f"rehearsing it on a copy failed: {err.message}",
+                    sqlstate=on_copy.sqlstate,
+                ) from None
+            self.log.warn(
+                f"rehearsed on a schema-only copy from {done.copy['reason'] if done.copy else ''}"
+                f" (the real run commits each migration on its own; on the target: "
+                f"{first_line(on_copy)})"
+            )
+
+    def guard_dry_run(self, fn: Callable[[], T]) -> T:
+        """The dry run's error mapping, for the analyzing rehearsal."""
+        try:
+            return fn()
+        except Exception as exc:
+            if is_connection_lost(exc):
+                raise DatabaseUnavailable(
+                    f"connection lost during dry run: {first_line(exc)}"
+                ) from None
             if isinstance(exc, MigrunnerError):
                 raise
             raise MigrationFailed(f"dry run failed: {first_line(exc)}") from None
-        finally:
-            rollback(conn)
 
 
 def raise_empty(src: Source) -> None:
