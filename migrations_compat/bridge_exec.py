@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import re
 import select
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -30,6 +31,8 @@ from typing import Any
 
 import psycopg
 from psycopg import pq
+from psycopg.abc import Buffer
+from psycopg.adapt import Loader
 
 from migrations_compat.bridge_sql import (
     LABEL_NON_TRANSACTIONAL,
@@ -123,6 +126,7 @@ class StatementExecutor:
         self._tx_counter = 0
         self._encoding = conn.info.encoding
         self._rows: RowSink | None = None
+        self._cursor: psycopg.RawCursor[Any] | None = None
         #: Optional: called after each executed query with (sql, conn, command tag, seconds).
         self.observer: Any = None
 
@@ -268,13 +272,24 @@ class StatementExecutor:
         trip. Anything else gets its savepoint in a round trip of its own first: the server
         parses a whole simple-protocol string before running any of it, so a syntax error would
         otherwise reject the savepoint too and leave the runner's transaction unrecoverable.
-        (With parameters the extended protocol allows one statement only: three round trips.)
+        With parameters the extended protocol allows one statement per query: a write (an
+        INSERT / UPDATE with ``bind``, what models and ``bulkUpdate`` send) goes pipelined with
+        its savepoint in one round trip, its result whole; a read is streamed (three round
+        trips), as it is the kind of statement that returns many rows.
         """
         combined = values is None and parsed
         try:
             if combined:
                 results = self._stream(_WRAP_HEAD + text + _WRAP_TAIL, None, skip=1)[1:-1]
                 return results or [_empty_result("")]
+            if values is not None and not _READS.match(text):
+                cur = self._pipeline_cursor()
+                with self.conn.pipeline():
+                    self.conn.execute(f"SAVEPOINT {STATEMENT_SAVEPOINT}", prepare=False)
+                    cur.execute(text, values, prepare=False)
+                    self.conn.execute(f"RELEASE SAVEPOINT {STATEMENT_SAVEPOINT}", prepare=False)
+                res = cur.pgresult
+                return [_result_payload(res, self._encoding)] if res else [_empty_result("")]
             self._run_control(f"SAVEPOINT {STATEMENT_SAVEPOINT}")
             results = self._stream(text, values)
             self._run_control(f"RELEASE SAVEPOINT {STATEMENT_SAVEPOINT}")
@@ -284,10 +299,13 @@ class StatementExecutor:
             failure = _statement_error(exc, text, len(_WRAP_HEAD) if combined else 0)
             if self.conn.info.transaction_status == pq.TransactionStatus.INERROR:
                 self._run_control(_UNWRAP)
-            elif not combined and failure.sqlstate is None:
-                # refused before it was sent (a NUL in a parameter): the savepoint is still open
-                self._run_control(f"RELEASE SAVEPOINT {STATEMENT_SAVEPOINT}")
+            # else refused before it was sent (a NUL in a parameter): nothing ran
             raise StatementFailure(failure) from None
+
+    def _pipeline_cursor(self) -> psycopg.RawCursor[Any]:
+        if self._cursor is None:
+            self._cursor = _raw_cursor(self.conn)
+        return self._cursor
 
     def _stream(self, sql: str, values: list[Any] | None, skip: int = 0) -> list[dict[str, Any]]:
         """Run ``sql`` and return its results; see :func:`_stream`. ``skip``: leading results
@@ -658,6 +676,30 @@ def _abandon_query(conn: psycopg.Connection[Any]) -> None:
     with contextlib.suppress(Exception):
         while _next_result(pgconn) is not None:
             pass
+
+
+class _PassThroughLoader(Loader):
+    """Leaves a value as the server sent it: the JS side parses every value itself."""
+
+    def load(self, data: Buffer) -> Buffer:
+        return data
+
+
+#: Types whose psycopg loaders look up the session time zone when a result arrives; Sequelize's
+#: ``SET TIME ZONE INTERVAL '+00:00' ...`` is a zone Python cannot name, so skip them.
+_TZ_TYPE_OIDS = (1184, 1185, 3910, 3911, 4534, 6153)
+
+#: Statements read-shaped enough to stream (the rest of the bound ones go pipelined, whole).
+_READS = re.compile(r"\s*(?:\(\s*)*(?:SELECT|WITH|VALUES|TABLE|SHOW|EXPLAIN|FETCH)\b", re.I)
+
+
+def _raw_cursor(conn: psycopg.Connection[Any]) -> psycopg.RawCursor[Any]:
+    """A cursor for pipelined bound statements: ``$n`` placeholders as sent by pg; its rows
+    are read raw from ``pgresult``, never loaded."""
+    cur = psycopg.RawCursor(conn)
+    for oid in _TZ_TYPE_OIDS:
+        cur.adapters.register_loader(oid, _PassThroughLoader)
+    return cur
 
 
 def _encode_values(
