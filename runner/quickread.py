@@ -9,7 +9,9 @@ import psycopg and take the ordinary path, which reads the state again under the
 
 It is the very libpq psycopg uses (the copy ``psycopg[binary]`` bundles, else the system's
 ``libpq.so.5``), given the same keywords, so host/port lists, TLS modes, passwords, service
-files, ``PG*`` variables and ``connect_timeout`` behave identically. It handles only success:
+files and ``PG*`` variables behave identically (``connect_timeout`` is capped at 2 s here:
+an unreachable host then costs 2 s more before the ordinary path reports it, not a second
+full timeout). It handles only success:
 a failed connection, an error, a missing libpq or an unexpected answer returns ``None`` and
 the ordinary path reports it with its usual messages, retries (53300) and ``--wait`` handling.
 """
@@ -184,6 +186,10 @@ def read_state(
         return None
     params = dict(conninfo)
     params["client_encoding"] = "UTF8"
+    # an unreachable host must not cost the full timeout twice (here, then the ordinary path)
+    timeout = str(params.get("connect_timeout") or "0")
+    if not timeout.isdigit() or timeout == "0" or int(timeout) > 2:
+        params["connect_timeout"] = "2"
     conn = lib.PQconnectdb(conninfo_string(params))
     if not conn:
         return None
