@@ -443,6 +443,14 @@ def versions(server: Server) -> dict[str, str]:
     }
 
 
+def baseline_note(path: Path | None) -> str | None:
+    """What ``--baseline`` is: its path, and the commit in a REV file beside it if any."""
+    if path is None:
+        return None
+    rev = path.parent / "REV"
+    return f"{path}" + (f" (commit {rev.read_text().strip()})" if rev.is_file() else "")
+
+
 def loadavg() -> float:
     """1-minute load average: other work on the machine skews every figure, so it is kept."""
     with open("/proc/loadavg") as f:
@@ -740,6 +748,17 @@ def ratios(
             div(wall("forum", op, me), wall("forum", op, "sequelize-cli")),
             target=target,
         )
+    for op in ("noop", "status", "up", "cycle"):
+        # CPU is what a loaded node (or a 100m-CPU Job) pays; wall time depends on the neighbours
+        add(
+            f"forum {op}, CPU seconds: migrunner / sequelize-cli",
+            div(cpu("forum", op, me), cpu("forum", op, "sequelize-cli")),
+        )
+    for op in ("up", "noop", "status"):
+        add(
+            f"scale {op}, CPU seconds: migrunner / dbmate",
+            div(cpu("scale", op, me), cpu("scale", op, "dbmate")),
+        )
     for tool in (me, "sequelize-cli"):
         add(
             f"forum up: {tool} / psql floor",
@@ -907,7 +926,13 @@ def results_md(doc: dict[str, Any]) -> str:
         f"{v['sequelize-cli']}, pg {v['pg']}, dbmate {v.get('dbmate', 'n/a')}, "
         f"psycopg {v['psycopg']}, pglast {v['pglast']}, "
         f"migrunner {v['migrunner']}\n"
-        f"* Memory: {doc['meta']['memory_method']}\n"
+        + (
+            f"* Before/after: `migrunner-before` is {doc['meta']['baseline']}, measured in the "
+            "same run, alternating with the others\n"
+            if doc["meta"].get("baseline")
+            else ""
+        )
+        + f"* Memory: {doc['meta']['memory_method']}\n"
         f"* Load average (1 min) before / after: "
         f"{' / '.join(str(x) for x in doc['meta']['loadavg_before_after'])} (a shared "
         "machine: other work running at the same time widens the spread)\n\n"
@@ -1042,6 +1067,7 @@ def main(argv: list[str] | None = None) -> int:
             "loadavg_before_after": [load_before, loadavg()],
             "versions": versions(server),
             "memory_method": MEMORY_METHOD,
+            "baseline": baseline_note(args.baseline),
         }
     doc["ratios"] = ratios(doc, args.count, args.concurrency, os.cpu_count() or 1)
     if args.baseline:
