@@ -1016,6 +1016,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render:
         saved: dict[str, Any] = json.loads(args.out.read_text())
+        m = saved["meta"]  # ratios again, with this version's definitions
+        nproc = m["machine"]["nproc"] or 1
+        saved["ratios"] = ratios(saved, m["count"], m["concurrency"], nproc)
+        if any(BEFORE in tools for ops in saved["workloads"].values() for tools in ops.values()):
+            saved["ratios_before"] = ratios(saved, m["count"], m["concurrency"], nproc, BEFORE)
         print(markdown(saved))
         if args.markdown:
             args.markdown.write_text(results_md(saved))
