@@ -191,15 +191,6 @@ class Migrator:
                 prehash.wait()
                 self.check_drift(src, State(quick.applied, quick.checksums, quick.meta_exists))
                 return RunReport(plan)
-            if not quick.busy and not dry_run and any(m.kind == "js" for m in plan.steps):
-                # Nobody else is migrating: boot node now, so its ~0.15 s start overlaps
-                # psycopg's import, connecting and the lock instead of following them. (Busy:
-                # wait for the lock first, as a waiter that would find nothing left to do.)
-                from runner.executors import Executors
-
-                executors = Executors(self.settings, self.log)
-                executors.js.get_bridge().prestart()
-                owned = executors
         conn: psycopg.Connection | None = None  # opened once the lock is ours, when read quickly
         try:
             if quick is None:
