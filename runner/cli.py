@@ -54,6 +54,11 @@ COMMON = [
     click.option(
         "--statement-timeout", type=float, help="Seconds a statement may run (default: none)."
     ),
+    click.option(
+        "--migration-timeout",
+        type=float,
+        help="Seconds one migration may run before it is stopped and rolled back (default: none).",
+    ),
     click.option("--retries", type=int, help="Retries on lock timeout / deadlock (default 5)."),
     click.option(
         "--wait-timeout",
@@ -93,6 +98,7 @@ def options_from(kw: dict[str, Any]) -> CliOptions:
         lock_timeout=kw.get("lock_timeout"),
         statement_lock_timeout=kw.get("statement_lock_timeout"),
         statement_timeout=kw.get("statement_timeout"),
+        migration_timeout=kw.get("migration_timeout"),
         retries=kw.get("retries"),
         wait_timeout=kw.get("wait_timeout"),
         log_format=kw.get("log_format"),
@@ -144,9 +150,12 @@ def run(kw: dict[str, Any], action: Callable[[Settings, Log], int]) -> None:
     except MigrunnerError as err:
         log.error(redact(err.message, *secrets), exit_code=err.exit_code)
         sys.exit(err.exit_code)
-    except KeyboardInterrupt:
-        log.error("interrupted")
-        sys.exit(130)
+    except KeyboardInterrupt as exc:  # SIGTERM / SIGINT: runner.signals
+        from runner.signals import describe
+
+        code, line = describe(exc)
+        log.error(redact(line, *secrets), exit_code=code)
+        sys.exit(code)
     # Every connection and the node child are closed by now: skip the interpreter's teardown
     # (~20 ms of module finalisation on every pod start).
     sys.stdout.flush()
@@ -363,7 +372,7 @@ def wait_cmd(**kw: Any) -> None:
 @cli.command("history")
 @common
 @click.option("--json", "as_json", is_flag=True)
-@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 def history_cmd(as_json: bool, limit: int, **kw: Any) -> None:
     """Who applied or reverted what, when, from where, with what outcome."""
 
@@ -439,6 +448,9 @@ def lock_release_cmd(force: bool, **kw: Any) -> None:
 
 def main() -> None:
     """Entry point. Usage errors are one ``error:`` line and exit 2, like every other error."""
+    from runner import signals
+
+    signals.install()
     try:
         cli.main(prog_name="migrunner", standalone_mode=False)
     except click.exceptions.Exit as exc:

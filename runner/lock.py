@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from runner.db import is_connection_lost, own_session_settings
 from runner.errors import ConfigError, DatabaseUnavailable, LockTimeout
+from runner.signals import Interrupted
 
 if TYPE_CHECKING:
     import psycopg
@@ -141,6 +142,9 @@ class MigrationLock:
 
         try:
             self._acquire(conn, timeout)
+        except Interrupted as exc:
+            exc.context = " while waiting for the migration lock; nothing ran"
+            raise
         except psycopg.Error as exc:
             if is_connection_lost(exc) or conn.closed or conn.broken:
                 raise DatabaseUnavailable(

@@ -55,6 +55,7 @@ from runner.errors import (
 from runner.history import HISTORY_TABLE, Entry, HistoryTable
 from runner.lock import pg_locks_ids
 from runner.plan import Drift, Plan, drift, pending, plan_down, plan_up
+from runner.signals import Interrupted, MigrationTimeout, time_limit
 from runner.source import Migration, Source, discover
 from runner.storage import MetaTable
 
@@ -344,7 +345,8 @@ class Migrator:
             t0 = time.perf_counter()
             try:
                 conn.execute(self.session_setup(mig.name, transactional, durable).encode())
-                executor.run(mig, direction, conn, transactional=transactional, dry_run=False)
+                with time_limit(self.settings.migration_timeout):
+                    executor.run(mig, direction, conn, transactional=transactional, dry_run=False)
                 if not transactional:
                     conn.execute(b"BEGIN")
                 conn.execute(self.bookkeeping_setup().encode())
@@ -415,8 +417,26 @@ class Migrator:
                 if conn.closed or conn.broken:
                     raise self.lock_lost(mig, direction, transactional, started, t0, err) from None
                 raise
-            except KeyboardInterrupt:  # a signal or --migration-timeout: see runner.signals
+            except MigrationTimeout as exc:
                 rollback(conn)
+                err3 = MigrationFailed(
+                    f"migration {mig.name} ({direction}) ran longer than --migration-timeout "
+                    f"{exc.seconds:g}s: {'rolled back' if transactional else NOT_ROLLED_BACK}"
+                )
+                self.record_failure(conn, mig, direction, transactional, started, t0, err3, notes)
+                raise err3 from None
+            except Interrupted as exc:  # SIGTERM / SIGINT: see runner.signals
+                rollback(conn)
+                exc.context = (
+                    f" while running {mig.name} ({direction}): "
+                    f"{'rolled back' if transactional else NOT_ROLLED_BACK}; the migration lock "
+                    "is released"
+                )
+                if not (conn.closed or conn.broken):
+                    interrupted = MigrunnerError(exc.message)
+                    self.record_failure(
+                        conn, mig, direction, transactional, started, t0, interrupted, notes
+                    )
                 raise
             except Exception as exc:
                 rollback(conn)
@@ -606,6 +626,7 @@ LOST_BECAUSE = {
     "57P02": "server crash",
     "57P03": "server shutting down",
 }
+NOT_ROLLED_BACK = "it ran outside a transaction: its completed statements stay applied"
 TERMINATED = ("57P01", "57P05", "25P03")
 LOST_TEXT = {
     "57P01": "administrator command",

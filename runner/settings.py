@@ -18,6 +18,7 @@ session advisory lock is not safe.
 
 from __future__ import annotations
 
+import math
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -83,6 +84,7 @@ class CliOptions:
     lock_timeout: float | None = None
     statement_lock_timeout: float | None = None
     statement_timeout: float | None = None
+    migration_timeout: float | None = None
     retries: int | None = None
     wait_timeout: float | None = None
     log_format: str | None = None
@@ -100,6 +102,7 @@ class Settings:
     lock_timeout: float = 300.0
     statement_lock_timeout: float = 5.0
     statement_timeout: float | None = None
+    migration_timeout: float | None = None  # seconds one migration's code may run
     retries: int = 5
     wait_timeout: float = 60.0
     allow_drift: bool = False
@@ -179,15 +182,23 @@ def describe(conninfo: Mapping[str, str], environ: Mapping[str, str]) -> str:
 def number(
     value: float | int | None, environ: Mapping[str, str], var: str, default: float
 ) -> float:
+    """A duration from an option or its variable: finite and not negative (``nan`` would
+    compare false with every deadline and wait forever)."""
     if value is not None:
-        return float(value)
-    raw = environ.get(var)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigError(f"{var}={raw!r}: expected a number of seconds") from None
+        seconds = float(value)
+        source = f"--{var.removeprefix('MIGRUNNER_').lower().replace('_', '-')} {value}"
+    else:
+        raw = environ.get(var)
+        if raw is None or raw == "":
+            return default
+        source = f"{var}={raw!r}"
+        try:
+            seconds = float(raw)
+        except ValueError:
+            raise ConfigError(f"{source}: expected a number of seconds") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ConfigError(f"{source}: expected a finite, non-negative number of seconds")
+    return seconds
 
 
 def resolve(
@@ -247,6 +258,7 @@ def resolve(
         p for p in (migrations_path, Path(config_path).parent if config_path else None, cwd) if p
     )
     statement_timeout = number(opts.statement_timeout, environ, "MIGRUNNER_STATEMENT_TIMEOUT", 0)
+    migration_timeout = number(opts.migration_timeout, environ, "MIGRUNNER_MIGRATION_TIMEOUT", 0)
     retries = (
         opts.retries
         if opts.retries is not None
@@ -264,6 +276,7 @@ def resolve(
             opts.statement_lock_timeout, environ, "MIGRUNNER_STATEMENT_LOCK_TIMEOUT", 5
         ),
         statement_timeout=statement_timeout or None,
+        migration_timeout=migration_timeout or None,
         retries=max(0, retries),
         wait_timeout=number(opts.wait_timeout, environ, "MIGRUNNER_WAIT_TIMEOUT", 60),
         allow_drift=opts.allow_drift or environ.get("MIGRUNNER_ALLOW_DRIFT", "") in ("1", "true"),
