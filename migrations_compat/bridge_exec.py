@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,6 +129,7 @@ class StatementExecutor:
 
     def execute(self, client: int, sql: str, params: Sequence[Any] | None) -> dict[str, Any]:
         """Execute one query of client ``client``; returns the reply for the JS side."""
+        sql = _without_lone_surrogates(sql)
         values = _decode_params(params)
         try:
             if self.transactional:
@@ -486,6 +488,16 @@ def _batch_label(pieces: list[Piece]) -> str:
     return LABEL_STATEMENT
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _without_lone_surrogates(text: str) -> str:
+    """A JS string may hold a lone UTF-16 surrogate, which UTF-8 cannot encode; node's pg
+    (``Buffer.from(s, 'utf8')``) sends U+FFFD for it, and so does the bridge. (JSON decoding
+    has already joined every valid pair.)"""
+    return _LONE_SURROGATE.sub("\ufffd", text) if _LONE_SURROGATE.search(text) else text
+
+
 def _decode_params(params: Sequence[Any] | None) -> list[Any] | None:
     if not params:
         return None
@@ -493,6 +505,8 @@ def _decode_params(params: Sequence[Any] | None) -> list[Any] | None:
     for p in params:
         if isinstance(p, dict) and "b" in p:
             out.append(base64.b64decode(p["b"]))
+        elif isinstance(p, str):
+            out.append(_without_lone_surrogates(p))
         else:
             out.append(p)
     return out

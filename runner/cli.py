@@ -19,7 +19,7 @@ import click
 from runner import __version__
 from runner.errors import MigrunnerError, PendingMigrations
 from runner.log import Log
-from runner.settings import CliOptions, Settings, redact, resolve, wants_config
+from runner.settings import CliOptions, Settings, redact, resolve, secret_values, wants_config
 
 SUCCESS_LINE = "Migrations completed successfully"
 
@@ -146,6 +146,7 @@ def run(kw: dict[str, Any], action: Callable[[Settings, Log], int]) -> None:
         opts = options_from(kw)
         settings = build_settings(opts, environ)
         secrets += [settings.password, settings.conninfo.get("sslpassword")]
+        log.secrets = secret_values(secrets)
         code = action(settings, log)
     except MigrunnerError as err:
         log.error(redact(err.message, *secrets), exit_code=err.exit_code)

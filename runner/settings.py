@@ -127,6 +127,7 @@ def url_to_conninfo(url: str, what: str) -> dict[str, str]:
             f"malformed database URL ({what}): expected postgres:// or postgresql://"
             + (f", got {scheme}://" if scheme and len(scheme) < 20 else "")
         )
+    url = node_userinfo(url)
     try:
         parsed = conninfo_to_dict(url)
     except Exception as exc:
@@ -136,6 +137,45 @@ def url_to_conninfo(url: str, what: str) -> dict[str, str]:
     if port and not all(p.isdigit() for p in port.split(",")):
         raise ConfigError(f"malformed database URL ({what}): port must be a number")
     return out
+
+
+def node_userinfo(url: str) -> str:
+    """Read the user and password as node's ``url.parse`` (and so Sequelize and sequelize-cli)
+    does, and percent-encode them for libpq: the authority ends at the first ``/``, ``?`` or
+    ``#``, and its LAST ``@`` ends the userinfo, so ``postgresql://app:pa@ss@db/x`` is user
+    ``app``, password ``pa@ss``, host ``db`` (libpq alone would take the host ``ss@db``)."""
+    from urllib.parse import quote, unquote
+
+    scheme, sep, rest = url.partition("://")
+    ends = [i for i in (rest.find(c) for c in "/?#") if i >= 0]
+    host_end = min(ends) if ends else len(rest)
+    at = rest.rfind("@", 0, host_end)
+    if at < 0 or rest.count("@", 0, at) == 0:
+        return url  # zero or one '@': libpq reads it the same way
+    user, colon, password = rest[:at].partition(":")
+    auth = quote(unquote(user), safe="") + (colon + quote(unquote(password), safe=""))
+    return f"{scheme}{sep}{auth}@{rest[at + 1 :]}"
+
+
+def secret_values(secrets: list[str | None]) -> list[str]:
+    """The strings to remove from every output: each secret, and for a URL its password
+    (plain and percent-encoded)."""
+    from urllib.parse import unquote, urlsplit
+
+    values: set[str] = set()
+    for secret in secrets:
+        if not secret:
+            continue
+        if "://" not in secret:
+            values.add(secret)
+            continue
+        try:
+            pw = urlsplit(node_userinfo(secret)).password
+        except ValueError:
+            pw = None
+        if pw:
+            values |= {pw, unquote(pw)}
+    return sorted(values)
 
 
 def redact(text: str, *secrets: str | None) -> str:
@@ -149,11 +189,13 @@ def redact(text: str, *secrets: str | None) -> str:
         candidates = {secret}
         if "://" in secret:
             try:
-                pw = urlsplit(secret).password
+                pw = urlsplit(node_userinfo(secret)).password
             except ValueError:
                 pw = None
             if pw:
-                candidates |= {pw, unquote(pw)}
+                plain = unquote(pw)
+                # also every piece a wrong parse could have printed (the text after an '@')
+                candidates |= {pw, plain, *(p for p in plain.split("@")[1:] if len(p) >= 4)}
         for c in sorted(candidates, key=len, reverse=True):
             if c:
                 out = out.replace(c, "***")
