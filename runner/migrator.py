@@ -58,6 +58,7 @@ from runner.plan import Drift, Plan, drift, pending, plan_down, plan_up
 from runner.signals import Interrupted, MigrationTimeout, time_limit
 from runner.source import Migration, Source, discover
 from runner.storage import MetaTable
+from runner.watch import session_watch
 
 if TYPE_CHECKING:
     import psycopg
@@ -345,7 +346,10 @@ class Migrator:
             t0 = time.perf_counter()
             try:
                 conn.execute(self.session_setup(mig.name, transactional, durable).encode())
-                with time_limit(self.settings.migration_timeout):
+                with (
+                    time_limit(self.settings.migration_timeout),
+                    session_watch(conn, enabled=mig.kind == "js"),
+                ):
                     executor.run(mig, direction, conn, transactional=transactional, dry_run=False)
                 if not transactional:
                     conn.execute(b"BEGIN")
@@ -389,6 +393,8 @@ class Migrator:
                 return
             except MigrationFailed as err:
                 rollback(conn)
+                if conn.closed or conn.broken:  # e.g. node killed because the session ended
+                    raise self.lock_lost(mig, direction, transactional, started, t0, err) from None
                 if transactional and err.sqlstate in RETRYABLE and attempt <= self.settings.retries:
                     delay = min(0.2 * 2 ** (attempt - 1), 5.0)
                     msg = (
@@ -483,23 +489,25 @@ class Migrator:
             else "it ran outside a transaction: its statements that completed stay applied, "
             "it is not recorded, and nothing more of it ran"
         )
+        try:  # is the server still there? then it ended our session on purpose
+            fresh: psycopg.Connection | None = connect(replace(self.settings, wait_timeout=0))
+        except Exception:
+            fresh = None
         err: MigrunnerError
-        if state in TERMINATED:
-            # the server is up and ended our session on purpose (a DBA, lock release --force,
-            # a migration terminating other backends, an idle timeout we did not override)
+        if fresh is not None:
+            # a DBA, `lock release --force`, a migration terminating other backends, an idle
+            # timeout, or node stopped because of one of these
+            cause = f" ({LOST_BECAUSE[state]})" if state in LOST_BECAUSE else ""
             err = LockLost(
                 f"lost the migration lock while running {mig.name} ({direction}): its session "
-                f"was ended by the server ({LOST_BECAUSE[state]}): {why}; {effect}"
+                f"was ended by the server{cause}: {why}; {effect}"
             )
+            with fresh:
+                self.record_failure(fresh, mig, direction, transactional, started, t0, err, [])
         else:  # the server or the network went away
             if not why.startswith("connection lost"):
                 why = f"connection lost while running {mig.name} ({direction}): {why}"
             err = DatabaseUnavailable(f"{why}; the migration lock went with it; {effect}")
-        try:
-            with connect(replace(self.settings, wait_timeout=0)) as conn:
-                self.record_failure(conn, mig, direction, transactional, started, t0, err, [])
-        except Exception:
-            pass
         return err
 
     def record_failure(
@@ -627,7 +635,6 @@ LOST_BECAUSE = {
     "57P03": "server shutting down",
 }
 NOT_ROLLED_BACK = "it ran outside a transaction: its completed statements stay applied"
-TERMINATED = ("57P01", "57P05", "25P03")
 LOST_TEXT = {
     "57P01": "administrator command",
     "57P05": "idle-session timeout",

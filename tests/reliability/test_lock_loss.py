@@ -176,3 +176,57 @@ def test_waiter_whose_connection_drops_exits_5(
     lines = err.strip().splitlines()
     assert lines[-1].startswith("error: lost the connection while waiting for the migration lock")
     assert lines[-1].endswith("nothing ran")
+
+
+def test_a_js_migration_writing_through_its_own_connection_stops_with_the_lock(
+    db: psycopg.Connection, db_url: str, tmp_path: Path
+) -> None:
+    """Its own Sequelize instance is outside the runner's session: when the lock's session
+    ends while node waits, node is killed at once, so its next write never happens."""
+    folder = write(
+        tmp_path / "m",
+        {
+            "001-own.js": "const { Sequelize } = require('sequelize');\n"
+            "module.exports = { useTransaction: false, async up() {\n"
+            "  const own = new Sequelize(process.env.DATABASE_URL, { logging: false });\n"
+            "  await own.query('CREATE TABLE own_rows (n int)');\n"
+            "  await own.query('INSERT INTO own_rows VALUES (1)');\n"
+            f"  await own.query('SELECT pg_advisory_lock({GATE})');\n"
+            "  await own.query('INSERT INTO own_rows VALUES (2)');\n"
+            "  await own.close();\n"
+            "}, async down() {} };\n",
+        },
+    )
+    db.execute("SELECT pg_advisory_lock(%s)", (GATE,))
+    proc = popen_cli(
+        "up", "--url", db_url, "--migrations-path", str(folder), env={"DATABASE_URL": db_url}
+    )
+    wait_for(
+        lambda: (
+            db.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query LIKE 'SELECT pg_advisory_lock%%'"
+            ).fetchone()
+            == (1,)
+        ),
+        what="the migration's own connection waiting on the gate",
+    )
+    pid = holder_pid(db)
+    assert pid is not None
+    db.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    code, err = finish(proc, timeout=20)  # without the gate opening: node was stopped
+    assert code == 4, err
+    assert "lost the migration lock while running 001-own.js" in err.strip().splitlines()[-1]
+    db.execute("SELECT pg_advisory_unlock(%s)", (GATE,))
+    wait_for(
+        lambda: (
+            db.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid()"
+            ).fetchone()
+            == (0,)
+        ),
+        what="every other session gone",
+    )
+    assert [r[0] for r in db.execute("SELECT n FROM own_rows")] == [1]
+    assert db.execute('SELECT count(*) FROM "SequelizeMeta"').fetchone() == (0,)
