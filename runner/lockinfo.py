@@ -40,10 +40,12 @@ def inspect_lock(settings: Settings) -> dict[str, Any]:
         held = guarded(lambda: holder(conn, key))
         waiting = guarded(lambda: waiters(conn, key))
         now = guarded(lambda: conn.execute("SELECT pg_catalog.now()").fetchone())
+        m = RUNNING.match(held.application_name or "") if held else None
+        running = [held] if held and m else []
+        blocked_by = guarded(lambda: waits_for_table_locks(conn, running))
     classid, objid = pg_locks_ids(key)
     migration = None
     running_for = None
-    m = RUNNING.match(held.application_name or "") if held else None
     if held and m:
         migration = m.group(1)
         # the migration's transaction started with it; a non-transactional one is measured
@@ -51,7 +53,6 @@ def inspect_lock(settings: Settings) -> dict[str, Any]:
         began = held.xact_start or held.query_start
         if began and now:
             running_for = round((now[0] - began).total_seconds(), 1)
-    running = [held] if held and migration else []
     return {
         "key": key,
         "pg_locks": {"locktype": "advisory", "classid": classid, "objid": objid, "objsubid": 1},
@@ -63,7 +64,21 @@ def inspect_lock(settings: Settings) -> dict[str, Any]:
         "running_for_s": running_for,
         "running_backends": [asdict(b) for b in running],
         "waiters": [asdict(b) for b in waiting],
+        "blocked_by": blocked_by,
     }
+
+
+def waits_for_table_locks(conn: Any, running: list[Any]) -> list[dict[str, Any]]:
+    """Sessions holding (or queued before) a table lock the running migration waits for."""
+    from runner.observe import blocking_sessions
+
+    out = []
+    for b in running:
+        for s in blocking_sessions(conn, b.pid):
+            row = asdict(s)
+            row["waiter_pid"] = b.pid
+            out.append(row)
+    return out
 
 
 def render_lock(info: dict[str, Any]) -> str:
@@ -90,6 +105,15 @@ def render_lock(info: dict[str, Any]) -> str:
             )
         for b in info["running_backends"]:
             lines.append(f"  worker pid {b['pid']} state {b['state']}: {(b['query'] or '')[:200]}")
+    for s in info.get("blocked_by") or []:
+        want = s["waiting_for"] or {}
+        age = s["transaction_age_s"]
+        lines.append(
+            f"  worker pid {s['waiter_pid']} waits for {want.get('mode')} on "
+            f"{want.get('relation')}, blocked by pid {s['pid']} user {s['user']} "
+            f"{s['application_name']!r} client {s['client_addr'] or 'local'} state {s['state']} "
+            f"xact age {f'{age:.1f}s' if age is not None else '-'}: {s['query'] or ''}"
+        )
     for w in info["waiters"]:
         lines.append(
             f"waiter: pid {w['pid']} {w['application_name']!r} client {w['client_addr'] or 'local'}"
