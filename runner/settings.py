@@ -241,14 +241,15 @@ def number(
 ) -> float:
     """A duration from an option or its variable: finite and not negative (``nan`` would
     compare false with every deadline and wait forever)."""
+    flag = "--" + var.removeprefix("MIGRUNNER_").lower().replace("_", "-")
     if value is not None:
         seconds = float(value)
-        source = f"--{var.removeprefix('MIGRUNNER_').lower().replace('_', '-')} {value}"
+        source = f"{flag} {value}"
     else:
         raw = environ.get(var)
         if raw is None or raw == "":
             return default
-        source = f"{var}={raw!r}"
+        source = f"{var}={raw!r} ({flag})"
         try:
             seconds = float(raw)
         except ValueError:
