@@ -11,6 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.support.ci import under_ci
 from tests.support.pg import create_database, drop_database, server_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,11 +84,11 @@ def popen_cli(
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
-    """Under CI (``CI=true``) a skipped test is a failure: every skip in this suite names a
+    """Under CI (``CI=true`` or ``1``) a skipped test is a failure: every skip in this suite names a
     missing prerequisite, and .ci/run installs them all, so a skip there means a broken setup."""
     outcome = yield
     report = outcome.get_result()
-    if os.environ.get("CI") and report.skipped and not hasattr(report, "wasxfail"):
+    if under_ci() and report.skipped and not hasattr(report, "wasxfail"):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"skipped under CI, where every prerequisite is installed: {reason}"

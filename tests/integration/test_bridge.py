@@ -31,6 +31,7 @@ from migrations_compat.bridge_sql import (
 from runner.errors import ConfigError, DatabaseUnavailable, MigrationFailed
 from runner.log import Log
 from tests.conftest import FIXTURES, ROOT, popen_cli
+from tests.support.state import exists
 
 BRIDGE = FIXTURES / "bridge"
 SHIM_MODULES = ROOT / "migrations_compat" / "shim" / "node_modules"
@@ -84,10 +85,6 @@ def run_in_transaction(
         raise
     conn.execute("COMMIT" if commit else "ROLLBACK")
     return out
-
-
-def exists(db: psycopg.Connection, relation: str) -> bool:
-    return db.execute("SELECT to_regclass(%s) IS NOT NULL", [relation]).fetchone()[0]
 
 
 def setting(conn: psycopg.Connection, name: str) -> str:

@@ -66,7 +66,7 @@ def private_cluster(
     conf: dict[str, str] | None = None, prepare: Callable[[Path], None] | None = None
 ) -> Iterator[Cluster]:
     """Start a throw-away cluster (trust auth, fsync off) with extra ``postgresql.conf``
-    settings; ``prepare(base)`` runs before start-up (e.g. to write certificates there).
+    settings (``{base}`` in a value is the cluster's temp dir); ``prepare(base)`` runs before start-up (e.g. to write certificates there).
     Skips when the server binaries are missing (a CI run turns that skip into a failure)."""
     initdb, pg_ctl = pg_bin("initdb"), pg_bin("pg_ctl")
     if not (initdb and pg_ctl):
@@ -99,7 +99,7 @@ def private_cluster(
         "port": str(port),
         "unix_socket_directories": f"'{base}'",
         "fsync": "off",
-        **(conf or {}),
+        **{k: v.replace("{base}", str(base)) for k, v in (conf or {}).items()},
     }
     with (data / "postgresql.conf").open("a") as f:
         f.write("".join(f"{k} = {v}\n" for k, v in settings.items()))
