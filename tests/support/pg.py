@@ -49,10 +49,16 @@ def server_url() -> Iterator[str]:
     yield LOCAL_URL
 
 
-def create_database(server: str, prefix: str = "mrt") -> str:
+def create_database(server: str, prefix: str = "mrt", template: str | None = None) -> str:
+    """A new database with a unique name; a copy of ``template`` (a database URL or name, with
+    no session connected to it) when given."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if template is not None:
+        source = urlsplit(template).path.lstrip("/") if "://" in template else template
+        query += sql.SQL(" TEMPLATE {}").format(sql.Identifier(source))
     with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        conn.execute(query)
     return with_database(server, name)
 
 
