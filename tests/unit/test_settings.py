@@ -254,7 +254,7 @@ def test_sources_in_order() -> None:
         (
             "mysql://u:secret@h/d",
             "malformed database URL (--url): expected postgres:// or postgresql://, got mysql://",
-        ),  # fmt: skip
+        ),
         ("not a url", "malformed database URL (--url): expected postgres:// or postgresql://"),
         ("x" * 19 + "://u:secret@h/d", "got " + "x" * 19 + "://"),
         ("x" * 20 + "://u:secret@h/d", "postgresql://"),
@@ -321,3 +321,39 @@ def test_redact_every_form_of_the_password() -> None:
     # a URL urlsplit cannot parse is still removed whole, and later secrets still apply
     assert redact("[::1 pw2", "postgres://u:pw@[::1", "pw2") == "[::1 ***"
     assert redact("postgres://u:pw@[::1", "postgres://u:pw@[::1", "pw2") == "***"
+
+
+def test_each_url_source_is_named_in_its_error() -> None:
+    bad = "postgres://u:secret@h:x/d"
+    for opts, env, label in [
+        (CliOptions(direct_url=bad), {}, "--direct-url / MIGRUNNER_DIRECT_URL"),
+        (CliOptions(), {"MIGRUNNER_DIRECT_URL": bad}, "--direct-url / MIGRUNNER_DIRECT_URL"),
+        (CliOptions(), {"DATABASE_URL": bad}, "DATABASE_URL"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            resolve(opts, env, cwd=CWD)
+        assert info.value.message == f"malformed database URL ({label}): port must be a number"
+    with pytest.raises(ConfigError) as info:
+        resolve(CliOptions(), {}, cwd=CWD)
+    assert info.value.message == (
+        "no database configured: give --url, DATABASE_URL, a Sequelize config (--config) or "
+        "DB_HOST/DB_NAME/DB_USER/DB_PASSWORD"
+    )
+    with pytest.raises(ConfigError, match="--log-format 'yaml'"):
+        resolve(CliOptions(url="postgres://u@h/d"), {"MIGRUNNER_LOG_FORMAT": "yaml"}, cwd=CWD)
+
+
+def test_an_app_config_without_a_connection_falls_through() -> None:
+    """A .sequelizerc without a config file gives an app with no conninfo and no folder: the
+    URL and the default folder apply, and the config's name is not reported as the source."""
+    app = SimpleNamespace(conninfo={}, migrations_path=None, storage_table=None)
+    s = resolve(CliOptions(url="postgres://u@h/d"), {}, app=app, cwd=CWD)
+    assert (s.config_source, s.conninfo["host"]) == ("--url", "h")
+    assert s.migrations_path == CWD / "migrations" and s.table == "SequelizeMeta"
+    named = SimpleNamespace(conninfo={"host": "c"})
+    assert resolve(CliOptions(), {}, app=named, cwd=CWD).config_source == "config"
+
+
+def test_redact_skips_empty_secrets_and_goes_on() -> None:
+    assert redact("pw and pw2", None, "", "pw2") == "pw and ***"
+    assert redact("a:b@c", "postgres://[bad") == "a:b@c"

@@ -169,3 +169,14 @@ def test_error_line_counts_newlines_before_the_position() -> None:
     stmt = m.up.statements[0]  # "SELECT\n1,\n2" from line 2
     assert [error_line(stmt, p) for p in (1, 7, 8, 9, 10, 11)] == [2, 2, 3, 3, 3, 4]
     assert error_line(stmt, 0) == 2
+
+
+def test_declared_mode_is_none_true_or_false() -> None:
+    m = parse("-- migrate:up\nSELECT 1;\n-- migrate:down transaction:true\nSELECT 2;\n")
+    assert m.up.declared is None and m.down is not None and m.down.declared is True
+    assert parse("-- migrate:up transaction:false\nVACUUM;\n").up.declared is False
+
+
+def test_several_comment_lines_may_precede_the_header() -> None:
+    m = parse("-- one\n-- two\n\n-- migrate:up\nSELECT 1;\n")
+    assert (m.up.line, m.up.statements[0].line) == (4, 5)
