@@ -179,3 +179,14 @@ def test_drift_truth_and_order(tmp_path: Path) -> None:
     only_changed = drift([a, b], [a.name, b.name], {b.name: "other", a.name: a.checksum})
     assert bool(only_changed) and only_changed.missing == ()
     assert only_changed.changed == (b.name,)
+
+
+def test_drift_description_names_every_file() -> None:
+    from runner.plan import Drift
+
+    assert Drift(("a.js", "b.js"), ()).describe() == "applied but file missing: a.js, b.js"
+    assert Drift((), ("c.sql",)).describe() == "file changed since applied: c.sql"
+    assert Drift(("a.js",), ("c.sql", "d.sql")).describe() == (
+        "applied but file missing: a.js; file changed since applied: c.sql, d.sql"
+    )
+    assert Drift().describe() == ""

@@ -357,3 +357,24 @@ def test_an_app_config_without_a_connection_falls_through() -> None:
 def test_redact_skips_empty_secrets_and_goes_on() -> None:
     assert redact("pw and pw2", None, "", "pw2") == "pw and ***"
     assert redact("a:b@c", "postgres://[bad") == "a:b@c"
+
+
+def test_config_loading_is_wanted_only_when_a_config_source_exists(tmp_path: Path) -> None:
+    from runner.settings import wants_config
+
+    assert not wants_config(CliOptions(), tmp_path)
+    assert wants_config(CliOptions(config=Path("c.js")), tmp_path)
+    assert wants_config(CliOptions(options_path=Path(".rc")), tmp_path)
+    for made in (".sequelizerc", "config/config.js", "config/config.json"):
+        cwd = tmp_path / made.replace("/", "_")
+        (cwd / made).parent.mkdir(parents=True)
+        (cwd / made).write_text("{}")
+        assert wants_config(CliOptions(), cwd), made
+    assert not wants_config(CliOptions(), tmp_path / "config_config.js" / "config")
+
+
+def test_an_app_without_storage_settings_gets_the_defaults() -> None:
+    app = SimpleNamespace(conninfo={"host": "c"})
+    s = resolve(CliOptions(), {}, app=app, cwd=CWD)
+    assert (s.timestamps, s.non_transactional, s.sequelize_options) == (False, frozenset(), {})
+    assert (s.table, s.schema) == ("SequelizeMeta", None)
