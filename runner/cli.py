@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from runner import __version__
+from runner.analyze_cli import analyze_options, do_analyze, preflight, wants_analyze
 from runner.errors import MigrunnerError, PendingMigrations
 from runner.log import Log
 from runner.settings import CliOptions, Settings, redact, resolve, wants_config
@@ -203,9 +204,13 @@ def print_dry_run(report: Any, log: Log) -> None:
 @click.option("--to", help="Stop after this migration (file name).")
 @click.option("--dry-run", is_flag=True, help="Print the SQL; execute in a rolled-back txn.")
 @click.option("--wait", is_flag=True, help="Wait for the database to accept connections.")
+@analyze_options
 def up_cmd(to: str | None, dry_run: bool, wait: bool, **kw: Any) -> None:
     """Apply pending migrations."""
-    run(kw, do_up(to, dry_run, wait))
+    run(
+        kw,
+        do_analyze(to, wait, kw) if wants_analyze(kw) else preflight(kw, do_up(to, dry_run, wait)),
+    )
 
 
 @cli.command("db:migrate")
@@ -435,6 +440,11 @@ def lock_release_cmd(force: bool, **kw: Any) -> None:
         return release_lock(settings, log, force)
 
     run(kw, action)
+
+
+from runner.cli_fleet import fleet_group  # noqa: E402  -- needs `common` and `run` above
+
+cli.add_command(fleet_group)
 
 
 def main() -> None:
