@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from tests.support.ci import under_ci
-from tests.support.pg import create_database, drop_database, server_url
+from tests.support.pg import create_database, drop_database_soon, finish_drops, server_url
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -32,7 +32,7 @@ def db_url(pg_server: str) -> Iterator[str]:
     try:
         yield url
     finally:
-        drop_database(pg_server, url)
+        drop_database_soon(pg_server, url)
 
 
 @pytest.fixture
@@ -92,3 +92,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"skipped under CI, where every prerequisite is installed: {reason}"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Every scratch database is gone before the session ends."""
+    finish_drops()

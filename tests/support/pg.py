@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
@@ -68,6 +69,26 @@ def drop_database(server: str, url: str) -> None:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
+
+
+_dropper: ThreadPoolExecutor | None = None
+_drops: list[Future[None]] = []
+
+
+def drop_database_soon(server: str, url: str) -> None:
+    """Drop in the background: DROP DATABASE waits until every backend of the server has
+    acknowledged it (seconds on a busy shared server), time the next test can use.
+    :func:`finish_drops` waits for them all (at the end of the session)."""
+    global _dropper
+    if _dropper is None:
+        _dropper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dropdb")
+    _drops.append(_dropper.submit(drop_database, server, url))
+
+
+def finish_drops() -> None:
+    """Wait for the background drops; the first failure is raised."""
+    while _drops:
+        _drops.pop(0).result()
 
 
 def url_parts(url: str) -> dict[str, str]:
