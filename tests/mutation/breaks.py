@@ -148,8 +148,8 @@ BREAKS = [
         "waiter-boots-node",
         "a waiter boots no node",
         "runner/migrator.py",
-        "                if lock.try_now():\n                    executors.prepare(plan)",
-        "                executors.prepare(plan)\n                if lock.try_now():\n"
+        "                if lock.try_now():\n                    ex.prepare(plan)",
+        "                ex.prepare(plan)\n                if lock.try_now():\n"
         "                    pass",
         (f"{PROMISES}::test_a_waiter_holds_one_connection_and_boots_no_node",),
     ),
@@ -165,8 +165,8 @@ BREAKS = [
         "dry-run-commits",
         "a dry run (JS and SQL) leaves SequelizeMeta, the history and the data unchanged",
         "runner/migrator.py",
-        "        finally:\n            rollback(conn)\n\n\ndef raise_empty",
-        '        finally:\n            conn.execute(b"COMMIT")\n\n\ndef raise_empty',
+        "        finally:\n            rollback(conn)\n        if on_copy is not None:",
+        '        finally:\n            conn.execute(b"COMMIT")\n        if on_copy is not None:',
         (
             f"{PROMISES}::test_js_dry_run_leaves_meta_and_history_unchanged",
             "tests/integration/test_sql_cli.py::test_dry_run_changes_nothing",
