@@ -222,3 +222,29 @@ def test_from_runs_the_pending_ones_after_it_excluded() -> None:
     assert not plan_up(av, ["2-b.js"], from_="2-b.js")
     assert not plan_up(av, [], from_="2")
     assert not plan_up(av, [], "1-a.js", from_="2-b.js")
+
+
+def test_name_plans_exactly() -> None:
+    plan = plan_up(ALL, ["001-a.js"], name="003")
+    assert (plan.direction, names(plan)) == ("up", ["003-c.js"])
+    done = plan_up(ALL, [m.name for m in ALL], name="003")
+    assert (done.direction, done.steps, done.note) == (
+        "up",
+        (),
+        "No migrations were executed, database schema was already up to date.",
+    )
+    for kwargs in ({"to": "004"}, {"from_": "002-b.sql"}):
+        with pytest.raises(SourceError) as info:
+            plan_up(ALL, [], name="003", **kwargs)
+        assert info.value.message == "--name cannot be combined with --to or --from"
+    with pytest.raises(SourceError) as info:
+        plan_up(ALL, ["001-a.js"], name="001")
+    assert info.value.message == "--name '001': migration 001-a.js is not pending"
+
+
+def test_from_plans_exactly() -> None:
+    plan = plan_up(ALL, [], from_="002-b.sql")
+    assert (plan.direction, names(plan)) == ("up", ["003-c.js", "004-d.sql"])
+    stop = plan_up(ALL, [], from_="002-b.sql", to="002-b.sql")
+    assert (stop.direction, stop.steps) == ("up", ())
+    assert stop.note == "Migration 002-b.sql is not pending after 002-b.sql"

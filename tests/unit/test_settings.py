@@ -378,3 +378,26 @@ def test_an_app_without_storage_settings_gets_the_defaults() -> None:
     s = resolve(CliOptions(), {}, app=app, cwd=CWD)
     assert (s.timestamps, s.non_transactional, s.sequelize_options) == (False, frozenset(), {})
     assert (s.table, s.schema) == ("SequelizeMeta", None)
+
+
+def test_dbmate_search_path_becomes_options_and_the_storage_schema() -> None:
+    from runner.settings import url_to_conninfo
+
+    assert url_to_conninfo("postgres://u@h/d?search_path=app,public", "x") == {
+        "user": "u",
+        "dbname": "d",
+        "host": "h",
+        "options": "-c search_path=app,public",
+    }
+    both = url_to_conninfo("postgres://u@h/d?options=-c%20lock_timeout%3D5&search_path=app", "x")
+    assert both["options"] == "-c lock_timeout=5 -c search_path=app"
+    only_options = url_to_conninfo("postgres://u@h/d?options=-c%20lock_timeout%3D5", "x")
+    assert only_options["options"] == "-c lock_timeout=5"
+    url = "postgres://u@h/d?search_path=app"
+    assert resolve(CliOptions(url=url), {}, cwd=CWD).schema == "app"
+    assert resolve(CliOptions(), {"DATABASE_URL": url}, cwd=CWD).schema == "app"
+    assert resolve(CliOptions(direct_url=url, url="postgres://u@h/d"), {}, cwd=CWD).schema == "app"
+    assert resolve(CliOptions(url=url, schema="own"), {}, cwd=CWD).schema == "own"
+    # a config file's connection is not a URL: its search_path is not read from --url
+    app = SimpleNamespace(conninfo={"host": "c"})
+    assert resolve(CliOptions(url=url), {}, app=app, cwd=CWD).schema is None
