@@ -68,6 +68,17 @@ COMMON = [
         default=False,
         help="Run even if applied migrations' files are missing or changed.",
     ),
+    click.option(
+        "--strict-await",
+        is_flag=True,
+        default=False,
+        help="Fail JS migrations that leave queries un-awaited (env MIGRUNNER_STRICT_AWAIT).",
+    ),
+    click.option(
+        "--settle-timeout",
+        type=float,
+        help="Seconds to wait for a JS migration's un-awaited queries (default 120).",
+    ),
     # sequelize-cli flags accepted for drop-in compatibility; they do not affect migrations.
     click.option("--seeders-path", hidden=True),
     click.option("--models-path", hidden=True),
@@ -98,6 +109,8 @@ def options_from(kw: dict[str, Any]) -> CliOptions:
         wait_timeout=kw.get("wait_timeout"),
         log_format=kw.get("log_format"),
         allow_drift=bool(kw.get("allow_drift")),
+        strict_await=bool(kw.get("strict_await")),
+        settle_timeout=kw.get("settle_timeout"),
     )
 
 
@@ -195,15 +208,20 @@ def print_dry_run(report: Any, log: Log) -> None:
     for mig, transactional, result in report.dry_run:
         mode = "transactional" if transactional else "non-transactional"
         log.out(f"-- {mig.name} ({report.plan.direction}, {mode})")
+        if result.not_rehearsed:
+            log.out(f"-- {result.not_rehearsed}")
+            log.warn(f"{mig.name}: {result.not_rehearsed}", migration=mig.name)
         for label, sql in result.statements:
             if label != "statement":
                 log.out(f"-- [{label}]")
             text = sql.rstrip()
             log.out(text if text.endswith(";") else text + ";")
         log.out("")
+    skipped = sum(1 for _m, _t, r in report.dry_run if r.not_rehearsed)
     log.info(
         f"Dry run: {len(report.dry_run)} migration(s) would run; everything was rolled back "
         "(sequences may have advanced)."
+        + (f" {skipped} of them NOT rehearsed (see above)." if skipped else "")
     )
 
 
@@ -483,3 +501,7 @@ def main() -> None:
 
 
 __all__ = ["cli", "main"]
+
+from runner.cli_verify import verify_cmd  # noqa: E402  -- its own module; registered here
+
+cli.add_command(verify_cmd)
