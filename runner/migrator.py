@@ -32,6 +32,7 @@ from runner.db import connect, is_connection_lost, wait_until_ready
 from runner.errors import DatabaseUnavailable, DriftError, MigrationFailed, MigrunnerError
 from runner.history import Entry, HistoryTable
 from runner.plan import Drift, Plan, drift, pending, plan_down, plan_up
+from runner.settings import redact
 from runner.source import Migration, Source, discover
 from runner.storage import MetaTable
 
@@ -406,7 +407,8 @@ class Migrator:
                     started_at=started,
                     duration_ms=(time.perf_counter() - t0) * 1000,
                     note="; ".join(notes) or None,
-                    error=err.message[:2000],
+                    # `history` prints this column: no password may be stored in it
+                    error=redact(err.message, self.settings.password)[:2000],
                 ),
                 self.settings.identity,
             )
