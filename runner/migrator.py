@@ -55,6 +55,7 @@ from runner.errors import (
 from runner.history import HISTORY_TABLE, Entry, HistoryTable
 from runner.lock import pg_locks_ids
 from runner.plan import Drift, Plan, drift, pending, plan_down, plan_up
+from runner.settings import redact
 from runner.signals import Interrupted, MigrationTimeout, time_limit
 from runner.source import Migration, Source, discover
 from runner.storage import MetaTable
@@ -552,7 +553,8 @@ class Migrator:
                     started_at=started,
                     duration_ms=(time.perf_counter() - t0) * 1000,
                     note="; ".join(notes) or None,
-                    error=err.message[:2000],
+                    # `history` prints this column: no password may be stored in it
+                    error=redact(err.message, self.settings.password)[:2000],
                 ),
                 self.settings.identity,
             )
