@@ -249,11 +249,11 @@ def number(
         raw = environ.get(var)
         if raw is None or raw == "":
             return default
-        source = f"{var}={raw!r} ({flag})"
         try:
             seconds = float(raw)
         except ValueError:
-            raise ConfigError(f"{source}: expected a number of seconds") from None
+            raise ConfigError(f"{var}={raw!r}: expected a number of seconds") from None
+        source = f"{var}={raw!r} ({flag})"
     if not math.isfinite(seconds) or seconds < 0:
         raise ConfigError(f"{source}: expected a finite, non-negative number of seconds")
     return seconds
