@@ -512,12 +512,14 @@ class NodeBridge:
         except _NodeGone as exc:
             tail = self._tail(node, exc)
             self.close()
-            raise MigrationFailed(f"{path.name}: the node bridge died: {tail}") from None
+            raise MigrationFailed(
+                f"{_where(path.name, None, path, None)}: the node bridge died: {tail}"
+            ) from None
         except BaseException:
             self.close()
             raise
         if msg.get("err"):
-            raise MigrationFailed(self._js_failure(path.name, None, msg["err"]))
+            raise MigrationFailed(self._js_failure(path.name, None, msg["err"], path))
         flag = msg.get("useTransaction")
         return None if flag is None else bool(flag)
 
@@ -579,7 +581,9 @@ class NodeBridge:
         except _NodeGone as exc:
             tail = self._tail(node, exc)
             self.close()
-            raise MigrationFailed(f"{name} ({direction}): node exited: {tail}") from None
+            raise MigrationFailed(
+                f"{_where(name, direction, path, None)}: node exited: {tail}"
+            ) from None
         except BaseException:
             # Lost connection, interrupt, protocol error: node's state is unknown; a later run
             # starts a fresh one.
@@ -594,11 +598,11 @@ class NodeBridge:
             raise MigrationFailed(self._late_message(self._late.pop(0)) + " (it was not executed)")
         sticky = executor.non_transactional_error
         if sticky is not None:
-            raise self._statement_failure(name, direction, sticky)
+            raise self._statement_failure(name, direction, sticky, path)
         if not msg.get("ok"):
             err = msg.get("err") or {}
             sqlstate = err.get("code") or None
-            text = self._js_failure(name, direction, err)
+            text = self._js_failure(name, direction, err, path)
             if err.get("external") and sqlstate == "55P03":
                 # Most likely waiting for a lock its own (migrunner's) transaction holds: a
                 # retry would wait again. Not retryable; say what to do instead.
@@ -612,12 +616,15 @@ class NodeBridge:
             if msg.get(key):
                 raise MigrationFailed(
                     self._secrets.redact(
-                        f"{name} ({direction}): query {what} {direction}() resolved: "
+                        f"{_where(name, direction, path, None)}: "
+                        f"query {what} {direction}() resolved: "
                         f"{first_line(str(msg[key][0]))} — missing await?"
                     )
                 )
         if problem is not None:
-            raise MigrationFailed(self._secrets.redact(f"{name} ({direction}): {problem}"))
+            raise MigrationFailed(
+                self._secrets.redact(f"{_where(name, direction, path, None)}: {problem}")
+            )
         return BridgeOutcome(
             statements=executor.statements,
             sequelize_version=self.sequelize_version,
@@ -661,41 +668,59 @@ class NodeBridge:
         return self._secrets.redact(f"exit code {code}" + (f": {tail}" if tail else ""))
 
     def _late_message(self, msg: Mapping[str, Any]) -> str:
-        name = Path(str(msg.get("file", "?"))).name
+        file = Path(str(msg.get("file", "?")))
         direction = msg.get("dir", "up")
         return self._secrets.redact(
-            f"{name} ({direction}): query issued after {direction}() resolved: "
+            f"{_where(file.name, direction, file, None)}: "
+            f"query issued after {direction}() resolved: "
             f"{first_line(str(msg.get('sql', '')))} — missing await?"
         )
 
-    def _statement_failure(self, name: str, direction: str, err: StatementError) -> MigrationFailed:
-        text = f"{name} ({direction}): {err.message}"
+    def _statement_failure(
+        self, name: str, direction: str, err: StatementError, path: Path | None = None
+    ) -> MigrationFailed:
+        text = f"{_where(name, direction, path, None)}: {err.message}"
         if err.sqlstate:
             text += f" [SQLSTATE {err.sqlstate}]"
         if err.sql:
-            text += f" in: {first_line(err.sql)}"
+            text += f" in statement: {_one_line(err.sql)}"
         return MigrationFailed(self._secrets.redact(text), sqlstate=err.sqlstate)
 
-    def _js_failure(self, name: str, direction: str | None, err: Mapping[str, Any]) -> str:
-        where = f"{name} ({direction})" if direction else name
+    def _js_failure(
+        self, name: str, direction: str | None, err: Mapping[str, Any], path: Path | None = None
+    ) -> str:
+        """Worded like a SQL migration's failure: file and line where known, the message,
+        SQLSTATE and statement (``migration X failed (up) at /path/X.js:12: ...``)."""
         message = str(err.get("message") or "")
         kind = err.get("kind")
         error_name = str(err.get("name") or "Error")
+        line = err.get("line")
         if kind == "syntax":
-            location = f"{Path(str(err.get('file') or name)).name}:{err.get('line')}"
-            text = f"{where}: {error_name}: {message} at {location}"
+            file = Path(str(err.get("file") or path or name))
+            text = f"{_where(name, direction, file, line)}: {error_name}: {message}"
         else:
             generic = error_name in ("Error", "error") or err.get("code") or kind != "exception"
-            text = f"{where}: {message if generic else f'{error_name}: {message}'}"
+            text = f"{_where(name, direction, path, line if kind == 'exception' else None)}: "
+            text += message if generic else f"{error_name}: {message}"
             if err.get("detail"):
                 text += f" ({err['detail']})"
             if err.get("code"):
                 text += f" [SQLSTATE {err['code']}]"
             if err.get("sql"):
-                text += f" in: {first_line(str(err['sql']))}"
-            elif err.get("line") and kind == "exception":
-                text += f" at {name}:{err['line']}"
+                text += f" in statement: {_one_line(str(err['sql']))}"
         return self._secrets.redact(" ".join(text.split("\n")))
+
+
+def _where(name: str, direction: str | None, path: Path | None, line: Any) -> str:
+    """``migration NAME failed (DIR) at PATH:LINE``, as SQL migrations' errors begin."""
+    what = f"failed ({direction})" if direction else "failed to load"
+    at = f" at {path}{f':{line}' if line else ''}" if path is not None else ""
+    return f"migration {name} {what}{at}"
+
+
+def _one_line(sql: str, limit: int = 160) -> str:
+    text = " ".join(sql.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _semver(server_version: int) -> str:
