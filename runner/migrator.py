@@ -458,10 +458,10 @@ def wrong_place(found: Drift, state: State) -> bool:
 
 def wrong_place_message(target: str, src: Source, state: State) -> str:
     n = len(state.applied)
+    shown = ", ".join(state.applied[:3]) + (f" and {n - 3} more" if n > 3 else "")
     return (
-        f"none of the {n} migration{'s' if n != 1 else ''} applied to {target} "
-        f"(e.g. {state.applied[-1]}) is in {src.folder}: wrong --migrations-path, or the wrong "
-        "database"
+        f"applied but file missing: {shown} — that is every migration applied to {target}, "
+        f"none of them is in {src.folder}: wrong --migrations-path, or the wrong database"
     )
 
 

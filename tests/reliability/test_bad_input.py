@@ -262,7 +262,8 @@ CASES = [
     Case(
         "unreachable-host",
         5,
-        r"cannot connect to postgres@127\.0\.0\.1:1/x: .*\(gave up after waiting 1s\)",
+        r"cannot connect to postgres@127\.0\.0\.1:1/x: .*\(gave up after waiting 1s of "
+        r"--wait-timeout 1s, \d+ attempts\)",
         url=False,
         args=(
             "up",
@@ -284,7 +285,8 @@ CASES = [
     Case(
         "bad-lock-timeout-env",
         2,
-        r"MIGRUNNER_LOCK_TIMEOUT='soon': expected a number of seconds",
+        r"Invalid value for '--lock-timeout' \(env var: 'MIGRUNNER_LOCK_TIMEOUT'\): 'soon' is not "
+        r"a valid float",
         env={"MIGRUNNER_LOCK_TIMEOUT": "soon"},
     ),
     Case(
@@ -342,7 +344,7 @@ CASES = [
     Case(
         "js-syntax-error",
         1,
-        r"002-x\.js: SyntaxError: Unexpected identifier .* at 002-x\.js:4",
+        r"migration 002-x\.js failed to load at \S+/002-x\.js:4: SyntaxError: Unexpected identifier",
         files={
             "002-x.js": "module.exports = {\n  async up(queryInterface) {\n    await queryInterface.createTable('x', {});\n    this is not javascript;\n  },\n};\n"
         },
@@ -351,7 +353,7 @@ CASES = [
     Case(
         "js-throws-halfway",
         1,
-        r"002-x\.js \(up\).*deliberate failure",
+        r"migration 002-x\.js failed \(up\) at \S+/002-x\.js:5: deliberate failure",
         files={
             "002-x.js": "module.exports = {\n  async up(qi, S) {\n    await qi.createTable('x1', {id: {type: S.INTEGER, primaryKey: true}});\n    await qi.sequelize.transaction(async (t) => { await qi.createTable('x2', {id: {type: S.INTEGER, primaryKey: true}}, {transaction: t}); });\n    throw new Error('deliberate failure');\n  },\n};\n"
         },
@@ -360,7 +362,7 @@ CASES = [
     Case(
         "js-statement-fails",
         1,
-        r"002-x\.js \(up\): relation \"public\.nope\" does not exist \[SQLSTATE 42P01\] in: ALTER TABLE",
+        r"migration 002-x\.js failed \(up\) at \S+/002-x\.js:4: relation \"public\.nope\" does not exist \[SQLSTATE 42P01\] in statement: ALTER TABLE",
         files={
             "002-x.js": "module.exports = {\n  async up(qi, S) {\n    await qi.createTable('x1', {id: {type: S.INTEGER, primaryKey: true}});\n    await qi.addColumn('nope', 'c', S.INTEGER);\n  },\n};\n"
         },
@@ -380,7 +382,7 @@ CASES = [
     Case(
         "js-down-returns-nothing",
         1,
-        r"30000000000000-x\.js \(down\): Migration 30000000000000-x\.js \(or wrapper\) didn't return a promise",
+        r"migration 30000000000000-x\.js failed \(down\) at \S+/30000000000000-x\.js: Migration 30000000000000-x\.js \(or wrapper\) didn't return a promise",
         args=("down",),
         files={
             "30000000000000-x.js": "module.exports = {\n  async up(qi, S) {\n    await qi.createTable('x1', {id: {type: S.INTEGER, primaryKey: true}});\n  },\n  down(qi) {\n    qi.dropTable('x1');\n  },\n};\n"
@@ -597,7 +599,8 @@ def test_wrong_password_and_special_characters(pg_server: str, db_url: str, tmp_
             )
             assert bad.returncode == 2, bad.stderr
             (line,) = [x for x in bad.stderr.splitlines() if x.startswith("error:")]
-            assert "password authentication failed" in line and "check DB_USER/DB_PASSWORD" in line
+            assert "password authentication failed" in line
+            assert "(credentials from: DB_USER/DB_PASSWORD)" in line
             assert secret not in bad.stdout + bad.stderr
             good = run_cli(
                 "status", "--migrations-path", str(folder), env={**parts, "DB_PASSWORD": secret}
