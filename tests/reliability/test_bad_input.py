@@ -602,6 +602,27 @@ def test_wrong_password_and_special_characters(pg_server: str, db_url: str, tmp_
             assert "password authentication failed" in line
             assert "(credentials from: DB_USER/DB_PASSWORD)" in line
             assert secret not in bad.stdout + bad.stderr
+            # No password at all is the same mistake: same exit code, the hint says where
+            # libpq looked; waiting (--wait) cannot fix it, so it is not retried.
+            nopass = {**parts, "HOME": str(tmp_path), "PGPASSWORD": ""}
+            missing = run_cli("status", "--wait", "--migrations-path", str(folder), env=nopass)
+            assert missing.returncode == 2, missing.stderr
+            (line,) = [x for x in missing.stderr.splitlines() if x.startswith("error:")]
+            assert "no password supplied" in line
+            assert (
+                "(credentials from: no password in DB_* environment, PGPASSWORD or ~/.pgpass)"
+                in line
+            )
+            assert "waiting for the database" not in missing.stdout
+            from_pg = run_cli(
+                "status",
+                "--migrations-path",
+                str(folder),
+                env={**nopass, "PGPASSWORD": secret + "-wrong"},
+            )
+            assert from_pg.returncode == 2, from_pg.stderr
+            assert "(credentials from: PGPASSWORD)" in from_pg.stderr
+            assert secret not in from_pg.stdout + from_pg.stderr
             good = run_cli(
                 "status", "--migrations-path", str(folder), env={**parts, "DB_PASSWORD": secret}
             )
