@@ -496,7 +496,16 @@ def status_summary(report: Any) -> str:
     return text
 
 
-def do_status(as_json: bool, exit_code: bool, wait: bool) -> Callable[[Settings, Log], int]:
+def sequelize_status_lines(report: Any) -> list[str]:
+    """``db:migrate:status`` prints exactly sequelize-cli's ``up NAME`` / ``down NAME`` lines,
+    which scripts parse (``^(up|down) (\\S+)$``); drift is flagged after the name."""
+    flags = {"changed": "  (file changed since applied)", "missing": "  (file missing)"}
+    return [f"{r['state']} {r['name']}{flags.get(r.get('flag', ''), '')}" for r in report.rows()]
+
+
+def do_status(
+    as_json: bool, exit_code: bool, wait: bool, sequelize_format: bool = False
+) -> Callable[[Settings, Log], int]:
     def action(settings: Settings, log: Log) -> int:
         from runner.migrator import Migrator, wrong_place, wrong_place_message
 
@@ -522,7 +531,8 @@ def do_status(as_json: bool, exit_code: bool, wait: bool) -> Callable[[Settings,
                 )
             )
         else:
-            for line in status_lines(report):
+            lines = sequelize_status_lines(report) if sequelize_format else status_lines(report)
+            for line in lines:
                 log.out(line)
         if report.drift:
             if wrong_place(report.drift, report.state):
@@ -553,8 +563,8 @@ def status_cmd(as_json: bool, exit_code: bool, wait: bool, **kw: Any) -> None:
 @command("db:migrate:status")
 @common
 def db_status(**kw: Any) -> None:
-    """Show applied and pending migrations (sequelize-cli's name for `status`)."""
-    run(kw, do_status(False, False, False))
+    """Show applied and pending migrations, in sequelize-cli's exact format."""
+    run(kw, do_status(False, False, False, sequelize_format=True))
 
 
 # ---- wait --------------------------------------------------------------------------------

@@ -283,3 +283,11 @@ def test_every_applied_migration_missing_is_called_a_wrong_folder_not_drift(
     (example / NAMES[0]).unlink()
     partial = run_cli("up", "--url", db_url, "--migrations-path", str(example))
     assert partial.returncode == 6 and "--allow-drift" in partial.stderr
+
+
+def test_db_migrate_status_keeps_sequelize_cli_lines(db_url: str, example: Path) -> None:
+    base = ("--url", db_url, "--migrations-path", str(example))
+    assert run_cli("up", "--to", NAMES[0], *base).returncode == 0
+    r = run_cli("db:migrate:status", *base)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [f"up {NAMES[0]}"] + [f"down {n}" for n in NAMES[1:]]
