@@ -2,7 +2,7 @@
 migration runs long.
 
 Kept out of the migrator so its ``apply()`` only calls :meth:`Progress.begin` and
-:meth:`Progress.end`. The heartbeat is a timer thread: every ``settings.heartbeat`` seconds
+:meth:`Progress.end`. The heartbeat is one thread per run: every ``settings.heartbeat`` seconds
 (default 10, ``MIGRUNNER_HEARTBEAT``) while a migration is still running it logs which
 migration, for how long, and the statement its connection is executing with that statement's
 own duration and wait event, read from ``pg_stat_activity``. That works the same for SQL and
@@ -40,19 +40,24 @@ def one_line(sql: str, limit: int = 160) -> str:
 
 
 class Progress:
-    """Counter and heartbeat for one run of ``total`` migrations."""
+    """Counter and heartbeat for one run of ``total`` migrations.
+
+    One heartbeat thread per run (started with the first migration, not one per migration:
+    a 1,000-migration run would pay a thread start and join per migration)."""
 
     def __init__(self, settings: Settings, log: Log, total: int = 0) -> None:
         self.settings = settings
         self.log = log
         self.total = total
         self.index = 0
-        self._stop: threading.Event | None = None
+        self._cond = threading.Condition()
+        self._current: tuple[str, int, float, int] | None = None  # name, pid, start, index
+        self._closed = False
         self._thread: threading.Thread | None = None
         self._conn: psycopg.Connection | None = None
 
-    def counter(self) -> str:
-        return f"[{self.index}/{self.total}]" if self.total else ""
+    def counter(self, index: int | None = None) -> str:
+        return f"[{self.index if index is None else index}/{self.total}]" if self.total else ""
 
     def begin(self, mig: Migration, direction: str, conn: psycopg.Connection) -> None:
         """A migration starts: log its line and arm the heartbeat."""
@@ -65,18 +70,21 @@ class Progress:
             index=self.index,
             total=self.total,
         )
-        self._disarm()
-        stop = threading.Event()
-        pid = conn.info.backend_pid
-        thread = threading.Thread(
-            target=self._beat, args=(stop, mig.name, pid), name="migrunner-heartbeat", daemon=True
-        )
-        self._stop, self._thread = stop, thread
-        thread.start()
+        with self._cond:
+            self._current = (mig.name, conn.info.backend_pid, time.monotonic(), self.index)
+            self._closed = False
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="migrunner-heartbeat", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
 
     def end(self, mig: Migration, direction: str, elapsed_ms: float, **fields: Any) -> None:
-        """A migration committed: stop the heartbeat and log its line."""
-        self._disarm()
+        """A migration committed: disarm the heartbeat and log its line."""
+        with self._cond:
+            self._current = None
+            self._cond.notify()
         past = "migrated" if direction == "up" else "reverted"
         self.log.info(
             f"{self.counter()} == {mig.name}: {past} ({elapsed_ms / 1000:.3f}s)".lstrip(),
@@ -89,37 +97,55 @@ class Progress:
         )
 
     def close(self) -> None:
-        self._disarm()
+        """End of the run (success or failure): stop the thread, close its connection."""
+        with self._cond:
+            self._current = None
+            self._closed = True
+            self._cond.notify()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout=5)
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
 
-    def _disarm(self) -> None:
-        stop, thread = self._stop, self._thread
-        self._stop = self._thread = None
-        if stop is not None:
-            stop.set()
-        if thread is not None:
-            thread.join(timeout=5)
+    def _loop(self) -> None:
+        seen: tuple[str, int, float, int] | None = None
+        beats = 0
+        with self._cond:
+            while not self._closed:
+                current = self._current
+                if current is None:
+                    self._cond.wait()
+                    continue
+                if current is not seen:
+                    seen, beats = current, 0
+                due = current[2] + self.settings.heartbeat * (beats + 1)
+                now = time.monotonic()
+                if now < due:
+                    self._cond.wait(due - now)
+                    continue
+                beats += 1
+                self._cond.release()  # the query and the log line run unlocked
+                try:
+                    with contextlib.suppress(Exception):  # a heartbeat must never fail a run
+                        self._report(current, now - current[2])
+                finally:
+                    self._cond.acquire()
 
-    def _beat(self, stop: threading.Event, name: str, pid: int) -> None:
-        started = time.monotonic()
-        while not stop.wait(self.settings.heartbeat):
-            with contextlib.suppress(Exception):  # a heartbeat must never fail a run
-                self._report(stop, name, pid, time.monotonic() - started)
-
-    def _report(self, stop: threading.Event, name: str, pid: int, elapsed: float) -> None:
+    def _report(self, current: tuple[str, int, float, int], elapsed: float) -> None:
+        name, pid, _, index = current
         row = self._activity(pid)
-        if stop.is_set():
-            return
+        if self._current is not current:
+            return  # it finished meanwhile: no stale line
         fields: dict[str, Any] = {
             "migration": name,
-            "index": self.index,
+            "index": index,
             "total": self.total,
             "elapsed_ms": int(elapsed * 1000),
         }
-        text = f"{self.counter()} .. {name}: still running after {elapsed:.0f}s".lstrip()
+        text = f"{self.counter(index)} .. {name}: still running after {elapsed:.0f}s".lstrip()
         if row is not None:
             state, wait_type, wait_event, query, seconds = row
             if state == "active" and query:
