@@ -5,12 +5,14 @@ the Dockerfile names only files that exist; SQLAlchemy is gone."""
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
 import zipfile
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -110,3 +112,29 @@ def test_sqlalchemy_is_not_a_dependency_or_import() -> None:
     assert "sqlalchemy" not in deps
     for path in [*(ROOT / "runner").rglob("*.py"), *(ROOT / "migrations_compat").rglob("*.py")]:
         assert not re.search(r"^\s*(import|from) sqlalchemy", path.read_text(), re.M), path
+
+
+def test_lock_refresh_script_is_shellcheck_clean_and_refuses_a_wrong_python(
+    tmp_path: Path,
+) -> None:
+    script = ROOT / "container" / "lock-requirements.sh"
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck not installed (container/ci-deps.sh installs it)")
+    proc = subprocess.run([shellcheck, str(script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
+    # The lock is resolved for the image's Python: another version is refused before anything
+    # is installed or written.
+    fake = tmp_path / "python3.12"
+    fake.write_text("#!/bin/sh\necho 3.12\n")
+    fake.chmod(0o755)
+    before = LOCK.read_text()
+    run = subprocess.run(
+        ["sh", str(script)],
+        env={"PYTHON": str(fake), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2 and "the image runs 3.11" in run.stderr
+    assert LOCK.read_text() == before
