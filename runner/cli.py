@@ -635,7 +635,8 @@ def history_cmd(as_json: bool, limit: int, **kw: Any) -> None:
             else:
                 rows = guarded(lambda: migrator.history.recent(conn, limit))
         if as_json:
-            log.out(json.dumps(rows, default=str, ensure_ascii=False))
+            whole_ms = [{**r, "duration_ms": round(r["duration_ms"])} for r in rows]
+            log.out(json.dumps(whole_ms, default=str, ensure_ascii=False))
             return 0
         if not rows:
             log.info("no history yet")

@@ -180,6 +180,8 @@ def test_json_log_iso_timestamps_integer_durations_plain_storage(
     assert records[-1]["msg"] == SUCCESS
     st = run_cli("status", "--json", "--schema", "public", *base)
     assert json.loads(st.stdout)["storage"] == "public.SequelizeMeta"
+    history = json.loads(run_cli("history", "--json", *base).stdout)
+    assert history and all(type(h["duration_ms"]) is int for h in history)
 
 
 def test_heartbeat_names_the_long_statement(
