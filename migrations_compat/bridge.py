@@ -530,6 +530,7 @@ class NodeBridge:
         conn: psycopg.Connection[Any],
         transactional: bool = True,
         dry_run: bool = False,
+        observer: Any = None,
     ) -> BridgeOutcome:
         """Run ``up`` or ``down`` of one JS migration on ``conn`` (autocommit mode).
 
@@ -550,6 +551,7 @@ class NodeBridge:
             late = self._late.pop(0)
             raise MigrationFailed(self._late_message(late) + " (it was not executed)")
         executor = StatementExecutor(conn, transactional=transactional, dry_run=dry_run)
+        executor.observer = observer  # up --dry-run --analyze (runner/observe.py)
         self._next_id += 1
         run_id = self._next_id
         self._current = name

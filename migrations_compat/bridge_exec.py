@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,12 +124,15 @@ class StatementExecutor:
         self._tx_counter = 0
         self._encoding = conn.info.encoding
         self._cursor = _raw_cursor(conn)
+        #: Optional: called after each executed query with (sql, conn, command tag, seconds).
+        self.observer: Any = None
 
     # -- entry point -------------------------------------------------------------------------
 
     def execute(self, client: int, sql: str, params: Sequence[Any] | None) -> dict[str, Any]:
         """Execute one query of client ``client``; returns the reply for the JS side."""
         values = _decode_params(params)
+        t0 = time.perf_counter()
         try:
             if self.transactional:
                 results = self._execute_transactional(client, sql, values)
@@ -137,6 +141,9 @@ class StatementExecutor:
         except StatementFailure as failure:
             self.last_error = failure.error
             return {"e": failure.error.payload()}
+        if self.observer is not None:
+            tag = results[-1]["c"] if results else None
+            self.observer(sql, self.conn, tag, time.perf_counter() - t0)
         return {"r": results}
 
     def finish(self) -> str | None:

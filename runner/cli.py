@@ -28,6 +28,7 @@ import click
 from click.core import ParameterSource
 
 from runner import __version__
+from runner.analyze_cli import analyze_options, do_analyze, preflight, wants_analyze
 from runner.errors import MigrunnerError
 from runner.log import Log
 from runner.settings import CliOptions, Settings, redact, resolve, wants_config
@@ -45,7 +46,9 @@ Exit codes:
   3  status --exit-code: migrations pending; lock status: the lock is held
   4  lock timeout: another runner held the migration lock too long
   5  database unreachable, or the connection was lost mid-run
-  6  drift: an applied migration's file is missing or changed"""
+  6  drift: an applied migration's file is missing or changed
+  7  up --analyze --fail-on: a finding of one of those rules
+  8  up --preflight: an old transaction still held a lock the plan needs"""
 
 MAIN_EPILOG = (
     """\b
@@ -386,9 +389,14 @@ def up_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @command("up")
 @common
 @up_options
+@analyze_options
 def up_cmd(to: str | None, dry_run: bool, wait: bool, **kw: Any) -> None:
     """Apply pending migrations, each in its own transaction, under the migration lock."""
-    run(kw, do_up(to, dry_run, wait), document=dry_run)
+    run(
+        kw,
+        do_analyze(to, wait, kw) if wants_analyze(kw) else preflight(kw, do_up(to, dry_run, wait)),
+        document=dry_run,
+    )
 
 
 @command("db:migrate")
@@ -689,6 +697,11 @@ def lock_release_cmd(force: bool, **kw: Any) -> None:
         return release_lock(settings, log, force)
 
     run(kw, action)
+
+
+from runner.cli_fleet import fleet_group  # noqa: E402  -- needs `common` and `run` above
+
+cli.add_command(fleet_group)
 
 
 # ---- entry point -------------------------------------------------------------------------

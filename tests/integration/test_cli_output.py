@@ -59,7 +59,7 @@ def test_help_lists_main_commands_first_then_sequelize_cli_names() -> None:
     body = r.stdout.split("\n", 1)[1]  # the usage line ends with click's "[ARGS]..."
     assert "..." not in body and "…" not in body  # no description cut short
     assert "Examples:" in r.stdout and "Exit codes:" in r.stdout
-    for code in range(7):
+    for code in range(9):
         assert re.search(rf"^\s+{code}  \S", r.stdout, re.M), code
     assert not URL_WITH_PASSWORD.search(r.stdout)
 
