@@ -325,12 +325,20 @@ def command(name: str, **kw: Any) -> Callable[..., Any]:
 # ---- up ----------------------------------------------------------------------------------
 
 
-def do_up(to: str | None, dry_run: bool, wait: bool) -> Callable[[Settings, Log], int]:
+def do_up(
+    to: str | None,
+    dry_run: bool,
+    wait: bool,
+    from_: str | None = None,
+    name: str | None = None,
+) -> Callable[[Settings, Log], int]:
     def action(settings: Settings, log: Log) -> int:
         from runner.migrator import Migrator
 
         started = time.perf_counter()
-        report = Migrator(settings, log).up(to=to, dry_run=dry_run, wait=wait)
+        report = Migrator(settings, log).up(
+            to=to, dry_run=dry_run, wait=wait, from_=from_, name=name
+        )
         if dry_run:
             print_dry_run(report, log)
             return 0
@@ -402,9 +410,20 @@ def up_cmd(to: str | None, dry_run: bool, wait: bool, **kw: Any) -> None:
 @command("db:migrate")
 @common
 @up_options
-def db_migrate(to: str | None, dry_run: bool, wait: bool, **kw: Any) -> None:
+@click.option(
+    "--from", "from_", metavar="NAME", help="Run the pending migrations after this one (excluded)."
+)
+@click.option("--name", metavar="NAME", help="Run only this migration.")
+def db_migrate(
+    to: str | None,
+    from_: str | None,
+    name: str | None,
+    dry_run: bool,
+    wait: bool,
+    **kw: Any,
+) -> None:
     """Apply pending migrations (sequelize-cli's name for `up`)."""
-    run(kw, do_up(to, dry_run, wait), document=dry_run)
+    run(kw, do_up(to, dry_run, wait, from_=from_, name=name), document=dry_run)
 
 
 # ---- down --------------------------------------------------------------------------------
@@ -700,8 +719,10 @@ def lock_release_cmd(force: bool, **kw: Any) -> None:
 
 
 from runner.cli_fleet import fleet_group  # noqa: E402  -- needs `common` and `run` above
+from runner.cli_sequelize import register as register_sequelize  # noqa: E402
 
 cli.add_command(fleet_group)
+register_sequelize(cli, common, run)  # seeders, generators, db:create/db:drop
 
 
 # ---- entry point -------------------------------------------------------------------------

@@ -81,7 +81,7 @@ def statement_error(
     pos = getattr(diag, "statement_position", None)
     line = error_line(stmt, int(pos) if pos else None)
     return MigrationFailed(
-        f"migration {mig.name} failed ({direction}) at {mig.path}:{line}: {primary}"
+        f"migration {mig.name} failed ({direction}) at {stmt.file or mig.path}:{line}: {primary}"
         f"{f' [SQLSTATE {state}]' if state else ''} in statement: {one_line(stmt.sql)}",
         sqlstate=state,
     )
@@ -93,6 +93,7 @@ class SqlExecutor:
     def __init__(self) -> None:
         self.parsed: dict[Path, SqlMigration] = {}
         self.observer: StatementObserver | None = None
+        self.noticed: set[str] = set()
 
     def parse(self, mig: Migration) -> SqlMigration:
         if mig.path not in self.parsed:
@@ -266,6 +267,7 @@ class Executors:
     def __init__(self, settings: Settings, log: Log) -> None:
         self.sql = SqlExecutor()
         self.js = JsExecutor(settings, log)
+        self.log = log
 
     def observe(self, observer: StatementObserver | None) -> None:
         self.sql.observer = self.js.observer = observer
@@ -280,6 +282,10 @@ class Executors:
         for mig in plan.steps:
             if mig.kind == "sql":
                 self.sql.validate(mig, plan.direction)
+                for notice in self.sql.parse(mig).notices:  # dbmate-style ignored options
+                    if notice not in self.sql.noticed:
+                        self.sql.noticed.add(notice)
+                        self.log.warn(notice)
         if any(m.kind == "js" for m in plan.steps):
             self.js.get_bridge().prestart()
 

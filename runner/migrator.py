@@ -109,8 +109,8 @@ class Migrator:
         if self._source is not None:
             return self._source
         src = discover(self.settings.migrations_path)
-        for name in src.ignored:
-            self.log.warn(f"ignoring {src.folder / name}: not a .js/.cjs/.ts/.cts/.sql migration")
+        for notice in src.notices():
+            self.log.warn(notice)
         return src
 
     def read_state(self, conn: psycopg.Connection) -> State:
@@ -150,6 +150,9 @@ class Migrator:
         dry_run: bool = False,
         wait: bool = False,
         executors: Executors | None = None,
+        *,
+        from_: str | None = None,  # db:migrate --from (see plan.select_from)
+        name: str | None = None,  # db:migrate --name (see plan.select_name)
     ) -> RunReport:
         """Apply pending migrations. ``executors``: reuse these (and their node process) and
         leave them open, as a fleet worker does across targets."""
@@ -159,7 +162,7 @@ class Migrator:
         conn = self.open(wait)
         try:
             state = guarded(lambda: self.read_state(conn))
-            plan = plan_up(src.migrations, state.applied, to)
+            plan = plan_up(src.migrations, state.applied, to, from_=from_, name=name)
             self.announce(src, state, plan)
             self.check_drift(src, state)
             if not plan:
@@ -183,7 +186,7 @@ class Migrator:
                     conn = self.open(False)
                 state = guarded(lambda: self.read_state(conn))  # again, under the lock
                 self.check_drift(src, state, announce=False)
-                plan = plan_up(src.migrations, state.applied, to)
+                plan = plan_up(src.migrations, state.applied, to, from_=from_, name=name)
                 return self.execute(conn, plan, dry_run, lock, ex)
         finally:
             conn.close()
@@ -530,7 +533,8 @@ def raise_empty(src: Source) -> None:
     from runner.errors import SourceError
 
     raise SourceError(
-        f"no migrations found in {src.folder} (expected .js/.cjs/.ts/.cts/.sql files)"
+        f"no migrations found in {src.folder} (expected .js/.cjs/.mjs/.ts/.cts/.mts files, "
+        "versioned .sql files or NAME/up.sql folders)"
     )
 
 
