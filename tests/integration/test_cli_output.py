@@ -54,7 +54,7 @@ def test_help_lists_main_commands_first_then_sequelize_cli_names() -> None:
     assert main == [c for c in MAIN if c in main]  # in this order, whoever registered them
     assert {"up", "down", "status", "history", "lock", "wait"} <= set(main)
     aliases = section(r.stdout, "sequelize-cli names")
-    assert aliases and all(a.startswith("db:") for a in aliases)
+    assert "db:migrate" in aliases and all(":" in a for a in aliases)
     assert r.stdout.index("\nCommands:") < r.stdout.index("\nsequelize-cli names:")
     body = r.stdout.split("\n", 1)[1]  # the usage line ends with click's "[ARGS]..."
     assert "..." not in body and "…" not in body  # no description cut short

@@ -121,7 +121,8 @@ def test_failing_seeder_is_rolled_back_whole(tmp_path: Path, db_url: str) -> Non
     assert run_cli("db:migrate", "--env", "sequelize", env=env, cwd=app).returncode == 0
     r = run_cli("db:seed:all", "--env", "sequelize", env=env, cwd=app)
     assert r.returncode == 1
-    assert "error: seeder 20240101000200-broken.js (up): column" in r.stderr, r.stderr
+    assert "error: seeder 20240101000200-broken.js failed (up) at " in r.stderr, r.stderr
+    assert "20240101000200-broken.js:3: column" in r.stderr, r.stderr
     assert "42703" in r.stderr
     # the two good seeders committed, the broken one left nothing behind
     assert [n for n, _ in people(db_url)] == ["Ada", "Grace", "Linus (after 2)"]
