@@ -1,6 +1,7 @@
 #!/bin/sh
 # Refresh container/requirements.lock: the exact versions, with hashes, of migrunner's runtime
-# Python dependencies (pyproject.toml's [project] dependencies) that the image installs with
+# Python dependencies (pyproject.toml's [project] dependencies, plus what
+# container/requirements-image.in adds: Node.js LTS from PyPI) that the image installs with
 # `pip install --require-hashes`. Run it after changing those dependencies, or to take upstream
 # fixes; commit the result. It resolves with pip-tools in a throw-away venv, for the image's
 # Python (Debian bookworm's 3.11: environment markers are evaluated for it).
@@ -25,7 +26,7 @@ trap 'rm -rf "$tmp"' EXIT INT TERM
 cd "$root"
 "$tmp/venv/bin/pip-compile" --quiet --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links \
   --resolver=backtracking --annotation-style=line \
-  --output-file container/requirements.lock pyproject.toml
+  --output-file container/requirements.lock pyproject.toml container/requirements-image.in
 # pip-compile names its temporary paths in the header; keep the header reproducible.
 sed -i 's|^#    pip-compile .*|#    container/lock-requirements.sh|' container/requirements.lock
 echo "container/requirements.lock refreshed:" >&2

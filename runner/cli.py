@@ -182,6 +182,20 @@ COMMON = [
         default=False,
         help="Run even if applied migrations' files are missing or changed.",
     ),
+    opt(
+        "--strict-await",
+        env="MIGRUNNER_STRICT_AWAIT",
+        is_flag=True,
+        default=False,
+        help="Fail JS migrations that leave queries un-awaited.",
+    ),
+    opt(
+        "--settle-timeout",
+        env="MIGRUNNER_SETTLE_TIMEOUT",
+        type=float,
+        metavar="SECONDS",
+        help="How long to wait for a JS migration's un-awaited queries.  [default: 120]",
+    ),
     # sequelize-cli flags accepted for drop-in compatibility; they do not affect migrations.
     click.option("--seeders-path", hidden=True),
     click.option("--models-path", hidden=True),
@@ -222,6 +236,8 @@ def options_from(kw: dict[str, Any]) -> CliOptions:
         wait_timeout=kw.get("wait_timeout"),
         log_format=kw.get("log_format"),
         allow_drift=bool(kw.get("allow_drift")),
+        strict_await=bool(kw.get("strict_await")),
+        settle_timeout=kw.get("settle_timeout"),
     )
 
 
@@ -365,15 +381,20 @@ def print_dry_run(report: Any, log: Log) -> None:
     for mig, transactional, result in report.dry_run:
         mode = "transactional" if transactional else "non-transactional"
         log.out(f"-- {mig.name} ({report.plan.direction}, {mode})")
+        if result.not_rehearsed:
+            log.out(f"-- {result.not_rehearsed}")
+            log.warn(f"{mig.name}: {result.not_rehearsed}", migration=mig.name)
         for label, sql in result.statements:
             if label != "statement":
                 log.out(f"-- [{label}]")
             text = sql.rstrip()
             log.out(text if text.endswith(";") else text + ";")
         log.out("")
+    skipped = sum(1 for _m, _t, r in report.dry_run if r.not_rehearsed)
     log.info(
         f"Dry run: {len(report.dry_run)} migration(s) would run; everything was rolled back "
         "(sequences may have advanced)."
+        + (f" {skipped} of them NOT rehearsed (see above)." if skipped else "")
     )
 
 
@@ -777,3 +798,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 __all__ = ["cli", "main"]
+
+from runner.cli_verify import verify_cmd  # noqa: E402  -- its own module; registered here
+
+cli.add_command(verify_cmd)

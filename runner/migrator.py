@@ -443,6 +443,7 @@ class Migrator:
         Faithful because PostgreSQL DDL is transactional, but it takes the same locks while it
         runs (bounded by ``statement_lock_timeout``) and advances sequences it touches.
         """
+        executors.rehearsal()  # before any migration file is loaded
         if self.analysis is not None and plan.direction == "up":
             from runner.rehearsal import rehearse
 

@@ -29,6 +29,7 @@ from runner.errors import ConfigError
 
 DEFAULT_MIGRATIONS_PATH = "migrations"
 DEFAULT_TABLE = "SequelizeMeta"
+DEFAULT_SETTLE_TIMEOUT = 120.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,8 @@ class CliOptions:
     wait_timeout: float | None = None
     log_format: str | None = None
     allow_drift: bool = False
+    strict_await: bool = False
+    settle_timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,11 @@ class Settings:
     heartbeat: float = 10.0  # seconds between "still running" lines (MIGRUNNER_HEARTBEAT)
     credentials: str = ""  # where the user/password came from, for authentication hints
     app: Any = field(default=None, repr=False, compare=False)  # the AppConfig, when one was read
+    #: JS migrations: refuse queries issued after up()/down() resolved instead of running them
+    #: in the migration's transaction (with a warning).
+    strict_await: bool = False
+    #: Seconds to wait, after up()/down() resolved, for the queries nobody awaited to finish.
+    settle_timeout: float = DEFAULT_SETTLE_TIMEOUT
 
     @property
     def password(self) -> str | None:
@@ -272,6 +280,13 @@ def resolve(
         p for p in (migrations_path, Path(config_path).parent if config_path else None, cwd) if p
     )
     statement_timeout = number(opts.statement_timeout, environ, "MIGRUNNER_STATEMENT_TIMEOUT", 0)
+    settle_timeout = number(
+        opts.settle_timeout, environ, "MIGRUNNER_SETTLE_TIMEOUT", DEFAULT_SETTLE_TIMEOUT
+    )
+    if not settle_timeout > 0:
+        raise ConfigError(
+            f"--settle-timeout / MIGRUNNER_SETTLE_TIMEOUT {settle_timeout}: expected seconds > 0"
+        )
     retries = (
         opts.retries
         if opts.retries is not None
@@ -304,6 +319,9 @@ def resolve(
         heartbeat=max(0.1, number(None, environ, "MIGRUNNER_HEARTBEAT", 10)),
         credentials=credentials_origin(source, conninfo, environ),
         app=app,
+        strict_await=opts.strict_await
+        or environ.get("MIGRUNNER_STRICT_AWAIT", "") in ("1", "true"),
+        settle_timeout=settle_timeout,
     )
 
 

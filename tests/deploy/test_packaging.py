@@ -71,6 +71,15 @@ def test_lock_pins_every_runtime_dependency_within_its_range() -> None:
             assert pins[canonicalize_name(f"{req.name}-{extra}")][0] == version
     assert all(hashes for _, hashes in pins.values()), "every pin needs --hash (require-hashes)"
     assert "sqlalchemy" not in pins
+    # The image's Node.js: the LTS line container/requirements-image.in asks for.
+    node_req = Requirement(
+        next(
+            ln
+            for ln in (ROOT / "container" / "requirements-image.in").read_text().splitlines()
+            if ln.strip() and not ln.startswith("#")
+        )
+    )
+    assert node_req.specifier.contains(pins[canonicalize_name(node_req.name)][0])
 
 
 def test_image_installs_the_lock_with_hashes() -> None:

@@ -59,7 +59,7 @@ def test_help_lists_main_commands_first_then_sequelize_cli_names() -> None:
     body = r.stdout.split("\n", 1)[1]  # the usage line ends with click's "[ARGS]..."
     assert "..." not in body and "…" not in body  # no description cut short
     assert "Examples:" in r.stdout and "Exit codes:" in r.stdout
-    for code in range(9):
+    for code in range(10):
         assert re.search(rf"^\s+{code}  \S", r.stdout, re.M), code
     assert not URL_WITH_PASSWORD.search(r.stdout)
 
@@ -82,6 +82,8 @@ def test_every_option_with_a_variable_shows_it_and_click_reads_it(
         "MIGRUNNER_WAIT_TIMEOUT",
         "MIGRUNNER_LOG_FORMAT",
         "MIGRUNNER_ALLOW_DRIFT",
+        "MIGRUNNER_STRICT_AWAIT",
+        "MIGRUNNER_SETTLE_TIMEOUT",
     ]:
         assert f"[env var: {var}]" in text, var
     assert "Exit codes:" in r.stdout and not URL_WITH_PASSWORD.search(r.stdout)
