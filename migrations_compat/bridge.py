@@ -650,7 +650,8 @@ class NodeBridge:
             raise MigrationFailed(self._late_message(self._late.pop(0)))
         sticky = executor.non_transactional_error
         if sticky is not None:
-            raise self._statement_failure(name, direction, sticky, path)
+            line = (msg.get("err") or {}).get("line")  # the migration's line, when node knows it
+            raise self._statement_failure(name, direction, sticky, path, line)
         running = [str(sql) for sql in msg.get("running") or []]
         if not msg.get("ok"):
             err = msg.get("err") or {}
@@ -791,9 +792,14 @@ class NodeBridge:
         )
 
     def _statement_failure(
-        self, name: str, direction: str, err: StatementError, path: Path | None = None
+        self,
+        name: str,
+        direction: str,
+        err: StatementError,
+        path: Path | None = None,
+        line: Any = None,
     ) -> MigrationFailed:
-        text = f"{_where(name, direction, path, None)}: {err.message}"
+        text = f"{_where(name, direction, path, line)}: {err.message}"
         if err.sqlstate:
             text += f" [SQLSTATE {err.sqlstate}]"
         if err.sql:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -215,11 +216,13 @@ def test_failing_statement_names_file_direction_sqlstate_and_statement(
         run_in_transaction(bridge, runner_conn, "sql-error.js")
     err = info.value
     assert err.sqlstate == "42P01"
-    # Worded like a SQL migration's failure: file and line, message, SQLSTATE, statement.
-    assert err.message.startswith(
-        f"migration sql-error.js failed (up) at {BRIDGE / 'sql-error.js'}:6: "
-        'relation "public.no_such_table" does not'
-    )
+    # Worded like a SQL migration's failure: file (and line when node's stack has it),
+    # message, SQLSTATE, statement.
+    assert re.match(
+        rf"migration sql-error\.js failed \(up\) at {re.escape(str(BRIDGE / 'sql-error.js'))}"
+        r'(:6)?: relation "public\.no_such_table" does not',
+        err.message,
+    ), err.message
     assert "[SQLSTATE 42P01] in statement: ALTER TABLE" in err.message
     assert "\n" not in err.message
     assert not exists(db, "before_error")
@@ -421,7 +424,8 @@ def test_strict_await_refuses_the_missing_await(
         with pytest.raises(MigrationFailed) as info:
             run_in_transaction(strict, runner_conn, "missing-await.js")
         assert info.value.message.startswith(
-            'missing-await.js (up): query issued after up() resolved: CREATE TABLE IF NOT EXISTS "never_awaited"'
+            f"migration missing-await.js failed (up) at {BRIDGE / 'missing-await.js'}: "
+            'query issued after up() resolved: CREATE TABLE IF NOT EXISTS "never_awaited"'
         )
         assert info.value.message.endswith("— missing await? (--strict-await)")
         # the bridge stays usable for the next migration
@@ -471,7 +475,8 @@ def test_query_still_running_when_up_resolves_is_waited_for(
                 releaser.join()
         if strict:
             assert info.value.message == (
-                "still-running.js (up): query still running when up() resolved: "
+                f"migration still-running.js failed (up) at {BRIDGE / 'still-running.js'}: "
+                "query still running when up() resolved: "
                 "INSERT INTO gate VALUES (1) — missing await? (--strict-await)"
             )
         else:
@@ -490,7 +495,8 @@ def test_query_through_a_finished_migration_is_refused_and_stops_the_run(
     with pytest.raises(MigrationFailed) as info:
         run_in_transaction(bridge, runner_conn, "late-fire.js")
     assert info.value.message == (
-        "late-arm.js (up): query issued after up() had finished and its transaction had ended; "
+        f"migration late-arm.js failed (up) at {BRIDGE / 'late-arm.js'}: "
+        "query issued after up() had finished and its transaction had ended; "
         "it was not executed: DELETE FROM late_target — await it (or return its promise)"
     )
     assert (
