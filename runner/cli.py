@@ -48,7 +48,8 @@ Exit codes:
   5  database unreachable, or the connection was lost mid-run
   6  drift: an applied migration's file is missing or changed
   7  up --analyze --fail-on: a finding of one of those rules
-  8  up --preflight: an old transaction still held a lock the plan needs"""
+  8  up --preflight: an old transaction still held a lock the plan needs
+  9  verify: an up()/down() failed, or a down() did not restore the schema"""
 
 MAIN_EPILOG = (
     """\b
