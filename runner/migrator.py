@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from runner.db import (
@@ -55,6 +56,7 @@ from runner.errors import (
 from runner.history import HISTORY_TABLE, Entry, HistoryTable
 from runner.lock import pg_locks_ids
 from runner.plan import Drift, Plan, drift, pending, plan_down, plan_up
+from runner.progress import Progress
 from runner.settings import redact
 from runner.signals import Interrupted, MigrationTimeout, time_limit
 from runner.source import Migration, Source, discover
@@ -134,6 +136,7 @@ class Migrator:
         self.history = HistoryTable(qualified(settings.schema, settings.table), settings.schema)
         self.server_version = 0
         self.resolved = False
+        self.progress = Progress(settings, log)
         self.analysis: Any = None  # runner.rehearsal.AnalyzeOptions: observe the dry run
 
     # ---- reading ---------------------------------------------------------------------------
@@ -216,6 +219,7 @@ class Migrator:
         try:
             state = guarded(lambda: self.read_state(conn))
             plan = plan_up(src.migrations, state.applied, to, from_=from_, name=name)
+            self.announce(src, state, plan)
             self.check_drift(src, state)
             if not plan:
                 return RunReport(plan)  # nothing pending: no lock, no node
@@ -266,7 +270,27 @@ class Migrator:
                 plan = plan_down(
                     src.migrations, state.applied, step=step, to=to, all=all, name=name
                 )
+                self.announce(src, state, plan)
                 return self.execute(conn, plan, dry_run, lock, executors)
+
+    def announce(self, src: Source, state: State, plan: Plan) -> None:
+        """The line before a run: where (never a password), which folder, how much to do."""
+        todo = "pending" if plan.direction == "up" else "to revert"
+        table = "" if self.meta.name == "SequelizeMeta" else f", table {self.meta.name}"
+        try:
+            folder = str(src.folder.relative_to(Path.cwd()))
+        except ValueError:
+            folder = str(src.folder)
+        self.log.info(
+            f"Database {self.settings.target} (from {self.settings.config_source}{table}); "
+            f"migrations in {folder}: {len(plan.steps)} {todo}, {len(state.applied)} applied",
+            target=self.settings.target,
+            storage=self.meta.name,
+            migrations_path=str(src.folder),
+            pending=len(plan.steps) if plan.direction == "up" else None,
+            to_revert=len(plan.steps) if plan.direction == "down" else None,
+            applied=len(state.applied),
+        )
 
     def check_drift(self, src: Source, state: State, announce: bool = True) -> None:
         found = drift(src.migrations, state.applied, state.checksums)
@@ -276,6 +300,8 @@ class Migrator:
             if announce:
                 self.log.warn(f"drift allowed by --allow-drift: {found.describe()}")
             return
+        if wrong_place(found, state):
+            raise DriftError(wrong_place_message(self.settings.target, src, state))
         raise DriftError(
             f"{found.describe()} (in {src.folder}); fix the deployment, or pass --allow-drift"
         )
@@ -298,6 +324,7 @@ class Migrator:
             return report
         with_ts = guarded(lambda: self.ensure_tables(conn))
         proof = (conn.info.backend_pid, *pg_locks_ids(lock.key))
+        self.progress.total = len(plan.steps)
         try:
             for i, mig in enumerate(plan.steps):
                 last = i == len(plan.steps) - 1
@@ -313,6 +340,8 @@ class Migrator:
                     exit_code=1,
                 ) from None
             raise
+        finally:
+            self.progress.close()
         return report
 
     def ensure_tables(self, conn: psycopg.Connection) -> bool:
@@ -357,8 +386,7 @@ class Migrator:
         transactional = True if declared is None else declared
         notes: list[str] = []
         attempt = 0
-        verb = "migrating" if direction == "up" else "reverting"
-        self.log.info(f"== {mig.name}: {verb} =======", migration=mig.name, direction=direction)
+        self.progress.begin(mig, direction, conn)
         while True:
             attempt += 1
             started = datetime.now(UTC)
@@ -401,14 +429,7 @@ class Migrator:
                         "released it itself (pg_advisory_unlock_all?); rolled back"
                     )
                 conn.execute(b"COMMIT")
-                past = "migrated" if direction == "up" else "reverted"
-                self.log.info(
-                    f"== {mig.name}: {past} ({elapsed / 1000:.3f}s)",
-                    migration=mig.name,
-                    direction=direction,
-                    duration_ms=round(elapsed, 1),
-                    transactional=transactional,
-                )
+                self.progress.end(mig, direction, elapsed, transactional=transactional)
                 return
             except MigrationFailed as err:
                 rollback(conn)
@@ -646,6 +667,21 @@ class Migrator:
             if isinstance(exc, MigrunnerError):
                 raise
             raise MigrationFailed(f"dry run failed: {first_line(exc)}") from None
+
+
+def wrong_place(found: Drift, state: State) -> bool:
+    """Every applied migration's file is missing: not drift but the wrong folder or database,
+    which --allow-drift would only make worse (it would apply the folder on top)."""
+    return bool(state.applied) and len(found.missing) == len(state.applied)
+
+
+def wrong_place_message(target: str, src: Source, state: State) -> str:
+    n = len(state.applied)
+    shown = ", ".join(state.applied[:3]) + (f" and {n - 3} more" if n > 3 else "")
+    return (
+        f"applied but file missing: {shown} — that is every migration applied to {target}, "
+        f"none of them is in {src.folder}: wrong --migrations-path, or the wrong database"
+    )
 
 
 def raise_empty(src: Source) -> None:

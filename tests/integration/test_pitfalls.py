@@ -209,12 +209,14 @@ def test_down_that_throws_and_missing_down_through_the_bridge(
         for name, message in [
             (
                 "20240101001200-down-throws.js",
-                "20240101001200-down-throws.js (down): irreversible migration: legacy ids cannot "
-                "be restored at 20240101001200-down-throws.js:10",
+                "migration 20240101001200-down-throws.js failed (down) at "
+                f"{MIGRATIONS / '20240101001200-down-throws.js'}:10: irreversible migration: "
+                "legacy ids cannot be restored",
             ),
             (
                 "20240101001300-no-down.js",
-                "20240101001300-no-down.js (down): Could not find migration method: down",
+                "migration 20240101001300-no-down.js failed (down) at "
+                f"{MIGRATIONS / '20240101001300-no-down.js'}: Could not find migration method: down",
             ),
         ]:
             conn.execute("BEGIN")
@@ -255,7 +257,7 @@ def test_cli_runs_every_pattern_and_matches_sequelize_cli(
         "up", "--url", db_url, "--migrations-path", str(MIGRATIONS), env={"DATABASE_URL": db_url}
     )
     assert ours.returncode == 0, ours.stderr
-    assert ours.stderr.rstrip().endswith("Migrations completed successfully")
+    assert ours.stdout.rstrip().endswith("Migrations completed successfully")
     for name in NEEDS_AUTOCOMMIT:
         assert f"{name}: " in ours.stderr and "re-running it outside a transaction" in ours.stderr
     theirs = sequelize_cli(app_modules, other_db, MIGRATIONS, "db:migrate")
@@ -287,7 +289,10 @@ def test_cli_down_stops_at_the_migration_without_down(
     assert db.execute("SELECT obj_description('posts'::regclass)").fetchone() == (None,)
     stuck = run_cli("down", "--url", db_url, "--migrations-path", str(MIGRATIONS), env=env)
     assert stuck.returncode == 1
-    assert "20240101001300-no-down.js (down): Could not find migration method: down" in stuck.stderr
+    assert (
+        "migration 20240101001300-no-down.js failed (down) at "
+        f"{MIGRATIONS / '20240101001300-no-down.js'}: Could not find migration method: down"
+    ) in stuck.stderr
     assert meta_rows(db) == tuple(ALL[:-3])
 
 
@@ -315,7 +320,10 @@ def test_cli_failure_halfway_leaves_nothing_where_sequelize_cli_leaves_debris(
 ) -> None:
     ours = run_cli("up", "--url", db_url, "--migrations-path", str(ATOMICITY))
     assert ours.returncode == 1
-    assert "20240201000100-throws-halfway.js (up): boom: failed halfway through" in ours.stderr
+    assert (
+        "migration 20240201000100-throws-halfway.js failed (up) at "
+        f"{ATOMICITY / '20240201000100-throws-halfway.js'}:22: boom: failed halfway through"
+    ) in ours.stderr
     assert_nothing_of_the_failed_migration(db)
     # sequelize-cli, same folder: the statements before the throw stay, unrecorded
     theirs = sequelize_cli(app_modules, other_db, ATOMICITY, "db:migrate")

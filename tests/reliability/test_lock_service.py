@@ -69,7 +69,7 @@ def test_lock_release_needs_force_and_rolls_the_holder_back(db_url: str, tmp_pat
 
     released = run_cli("lock", "release", "--force", "--url", db_url)
     assert released.returncode == 0, released.stderr
-    assert "terminated backend" in released.stderr
+    assert "terminated backend" in released.stdout
     code, err = finish(run.proc)
     assert code in (4, 5), err  # lost its lock / its connection: never a silent success
     run.open_gate()
@@ -115,7 +115,8 @@ def test_history_command(db_url: str, tmp_path: Path) -> None:
         (NAMES[-2], "up", "applied"),
     ]
     assert rows[1]["runner_pod"] == "prod/job-x" and rows[1]["runner_version"] == "0.1.0"
-    text = run_cli("history", *base).stdout.splitlines()
+    header, *text = run_cli("history", *base).stdout.splitlines()
+    assert header.split()[:4] == ["finished", "dir", "outcome", "migration"]
     assert len(text) == len(NAMES) + 1 and "reverted" in text[0] and "prod/job-x" in text[1]
 
 
