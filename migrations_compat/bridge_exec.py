@@ -144,6 +144,7 @@ class StatementExecutor:
         ``rows`` receives the chunks of a large result before the reply (see :func:`_stream`).
         """
         self._rows = rows
+        sql = _without_lone_surrogates(sql)
         values = _decode_params(params)
         t0 = time.perf_counter()
         try:
@@ -536,6 +537,16 @@ def _batch_label(pieces: list[Piece]) -> str:
     return LABEL_STATEMENT
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _without_lone_surrogates(text: str) -> str:
+    """A JS string may hold a lone UTF-16 surrogate, which UTF-8 cannot encode; node's pg
+    (``Buffer.from(s, 'utf8')``) sends U+FFFD for it, and so does the bridge. (JSON decoding
+    has already joined every valid pair.)"""
+    return _LONE_SURROGATE.sub("\ufffd", text) if _LONE_SURROGATE.search(text) else text
+
+
 def _decode_params(params: Sequence[Any] | None) -> list[Any] | None:
     if not params:
         return None
@@ -543,6 +554,8 @@ def _decode_params(params: Sequence[Any] | None) -> list[Any] | None:
     for p in params:
         if isinstance(p, dict) and "b" in p:
             out.append(base64.b64decode(p["b"]))
+        elif isinstance(p, str):
+            out.append(_without_lone_surrogates(p))
         else:
             out.append(p)
     return out

@@ -31,7 +31,7 @@ from runner import __version__
 from runner.analyze_cli import analyze_options, do_analyze, preflight, wants_analyze
 from runner.errors import MigrunnerError
 from runner.log import Log
-from runner.settings import CliOptions, Settings, redact, resolve, wants_config
+from runner.settings import CliOptions, Settings, redact, resolve, secret_values, wants_config
 
 SUCCESS_LINE = "Migrations completed successfully"
 
@@ -158,6 +158,14 @@ COMMON = [
         help="How long a statement may run.  [default: no limit]",
     ),
     opt(
+        "--migration-timeout",
+        env="MIGRUNNER_MIGRATION_TIMEOUT",
+        type=float,
+        metavar="SECONDS",
+        help="How long one migration may run before it is stopped and rolled back.  "
+        "[default: no limit]",
+    ),
+    opt(
         "--retries",
         env="MIGRUNNER_RETRIES",
         type=int,
@@ -233,6 +241,7 @@ def options_from(kw: dict[str, Any]) -> CliOptions:
         lock_timeout=kw.get("lock_timeout"),
         statement_lock_timeout=kw.get("statement_lock_timeout"),
         statement_timeout=kw.get("statement_timeout"),
+        migration_timeout=kw.get("migration_timeout"),
         retries=kw.get("retries"),
         wait_timeout=kw.get("wait_timeout"),
         log_format=kw.get("log_format"),
@@ -306,14 +315,18 @@ def run(
         opts = options_from(kw)
         settings = build_settings(opts, environ)
         secrets += [settings.password, settings.conninfo.get("sslpassword")]
+        log.secrets = secret_values(secrets)
         announce_config(settings, log)
         code = action(settings, log)
     except MigrunnerError as err:
         log.error(redact(err.message, *secrets), exit_code=err.exit_code)
         sys.exit(err.exit_code)
-    except KeyboardInterrupt:
-        log.error("interrupted")
-        sys.exit(130)
+    except KeyboardInterrupt as exc:  # SIGTERM / SIGINT: runner.signals
+        from runner.signals import describe
+
+        code, line = describe(exc)
+        log.error(redact(line, *secrets), exit_code=code)
+        sys.exit(code)
     # Every connection and the node child are closed by now: skip the interpreter's teardown
     # (~20 ms of module finalisation on every pod start).
     sys.stdout.flush()
@@ -670,7 +683,13 @@ def history_lines(rows: Sequence[Any]) -> list[str]:
 @command("history")
 @common
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-@click.option("--limit", type=int, default=50, show_default=True, help="Newest rows to show.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="Newest rows to show.",
+)
 def history_cmd(as_json: bool, limit: int, **kw: Any) -> None:
     """Who applied or reverted what, when, from where, with what outcome."""
 
@@ -778,6 +797,9 @@ def without_hidden(exc: click.ClickException) -> click.ClickException:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point. Bare ``migrunner`` prints the help and exits 0; usage errors are one
     ``error:`` line (JSON with ``--log-format json``) and exit 2, like every other error."""
+    from runner import signals
+
+    signals.install()
     args = list(sys.argv[1:] if argv is None else argv)
     if not args:
         with click.Context(cli, info_name="migrunner", **cli.context_settings) as ctx:

@@ -62,11 +62,22 @@ def connect(settings: Settings, purpose: str = "") -> psycopg.Connection:
     if purpose:
         name = (name + " " + purpose).encode()[:63].decode("utf-8", "ignore")
     kwargs["application_name"] = name
+    # Our SQL text is UTF-8 whatever the database's encoding; the server converts (a LATIN1
+    # database stores 'Zürich', not 'ZÃ¼rich'). Sent in the startup packet: no round trip.
+    kwargs["client_encoding"] = "UTF8"
+    # A peer that vanished without closing the socket (failover, partition) is noticed within
+    # about a minute instead of the kernel's two hours: the lock's session lives on it.
+    for key, value in (("keepalives_idle", "30"), ("keepalives_interval", "10")):
+        kwargs.setdefault(key, value)
     deadline = time.monotonic() + settings.wait_timeout
     delay = 0.05
     while True:
         try:
-            return psycopg.connect(autocommit=True, **kwargs)  # type: ignore[arg-type]
+            conn = psycopg.connect(autocommit=True, **kwargs)  # type: ignore[arg-type]
+            # Never server-side prepared: the session reset between migrations deallocates
+            # everything (a migration's own PREPAREs included).
+            conn.prepare_threshold = None
+            return conn
         except psycopg.Error as exc:
             crowded = getattr(exc, "sqlstate", None) == "53300" or "too many clients" in str(exc)
             if not crowded or time.monotonic() + delay > deadline:
@@ -118,6 +129,17 @@ def wait_until_ready(settings: Settings, log: Log, timeout: float) -> psycopg.Co
                 )
             time.sleep(max(0.0, min(delay, deadline - now)))
             delay = min(delay * 2, 2.0)
+
+
+def own_session_settings(server_version: int) -> str:
+    """What every session that takes or waits for the lock sets for itself, whatever the
+    server, database or role says: a server-side idle timeout must never end the lock's
+    session (it would silently hand the lock to another runner mid-migration), nor a JS
+    migration that pauses between batches."""
+    parts = ["SET idle_in_transaction_session_timeout = 0"]
+    if server_version >= 140000:
+        parts.append("SET idle_session_timeout = 0")
+    return "; ".join(parts)
 
 
 def is_connection_lost(exc: BaseException) -> bool:

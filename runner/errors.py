@@ -11,7 +11,7 @@ Exit codes (documented in the README):
 1     a migration failed (SQL or JS error); that migration was rolled back
 2     usage, configuration or migration-source error (bad input, nothing ran)
 3     ``status --exit-code``: migrations are pending
-4     lock timeout: another runner held the migration lock too long
+4     the migration lock: not obtained within ``--lock-timeout``, or lost mid-run
 5     database unreachable, or the connection was lost mid-run
 6     drift: an applied migration's file is missing or was edited
 9     ``verify``: the round trip did not hold (``runner.verify.VerifyFailed``)
@@ -86,3 +86,10 @@ class DriftError(MigrunnerError):
     """Applied migrations whose files are missing or were edited since they ran."""
 
     exit_code = 6
+
+
+class LockLost(MigrunnerError):
+    """The session holding the migration lock ended mid-run (terminated, timed out, server
+    gone); the running migration was rolled back with it."""
+
+    exit_code = 4

@@ -59,7 +59,7 @@ class HistoryTable:
     note text,
     error text,
     started_at timestamptz NOT NULL,
-    finished_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
     duration_ms double precision NOT NULL,
     runner_host text,
     runner_pod text,
@@ -70,7 +70,7 @@ class HistoryTable:
         conn.execute(self.create_sql())
 
     def exists(self, conn: psycopg.Connection) -> bool:
-        row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (self.ref,)).fetchone()
+        row = conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (self.ref,)).fetchone()
         return bool(row and row[0])
 
     def record(
@@ -112,7 +112,8 @@ class HistoryTable:
         else:
             cur = conn.execute(
                 columns + "SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s "
-                "WHERE EXISTS (SELECT 1 FROM pg_locks WHERE pid = %s AND locktype = 'advisory' "
+                "WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_locks "
+                "WHERE pid = %s AND locktype = 'advisory' "
                 "AND granted AND classid = %s::oid AND objid = %s::oid AND objsubid = 1)",
                 (*values, *lock),
             )

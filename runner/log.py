@@ -16,6 +16,7 @@ durations are integer milliseconds (``duration_ms``); the same stream rule appli
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,10 +33,27 @@ class Log:
     stream: TextIO = field(default_factory=lambda: sys.stderr)
     out_stream: TextIO = field(default_factory=lambda: sys.stdout)
     quiet: bool = False
+    #: Passwords migrunner knows (every connection source, DB_PASSWORD, PGPASSWORD): removed
+    #: from every line written, SQL plans of a dry run included.
+    secrets: list[str] = field(default_factory=list)
+
+    def redact(self, text: str) -> str:
+        for secret in sorted(self.secrets, key=len, reverse=True):
+            if secret not in text:
+                continue
+            if len(secret) >= 4:
+                text = text.replace(secret, "***")
+            else:  # a very short one only as a word of its own, or every line is garbled
+                text = re.sub(rf"(?<!\w){re.escape(secret)}(?!\w)", "***", text)
+        return text
+
     info_stream: TextIO | None = None  # None: same as ``stream``
 
     def _emit(self, level: str, msg: str, fields: dict[str, Any]) -> None:
         target = (self.info_stream or self.stream) if level == "info" else self.stream
+        if self.secrets:
+            msg = self.redact(msg)
+            fields = {k: self.redact(v) if isinstance(v, str) else v for k, v in fields.items()}
         if self.fmt == "json":
             record = {"ts": iso_now(), "level": level, "msg": msg, **fields}
             target.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
@@ -56,5 +74,7 @@ class Log:
 
     def out(self, text: str) -> None:
         """Command output (tables, SQL plans, JSON documents): always stdout."""
+        if self.secrets:
+            text = self.redact(text)
         self.out_stream.write(text if text.endswith("\n") else text + "\n")
         self.out_stream.flush()

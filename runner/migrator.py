@@ -17,6 +17,15 @@ Guarantees:
 * in a run of several migrations, all commits but the last use ``synchronous_commit = off``:
   each stays atomic, and the last, synchronous commit makes all of them durable at once (a
   server crash mid-run loses whole migrations together with their rows, never half of one).
+
+Session rule: a migration may change its session (``SET search_path``, a pg_dump header's
+``set_config('search_path', '', false)``, ``SET ROLE``, temp tables, prepared statements,
+``LISTEN``). None of it reaches the bookkeeping or the next migration: the storage schema is
+resolved once at start (``--schema``, else the session's ``current_schema()``), every
+bookkeeping statement names its table with that schema and ``pg_catalog`` functions, the
+bookkeeping runs as the runner's own role (``RESET SESSION AUTHORIZATION``/``RESET ROLE``
+inside the migration's transaction), and every migration starts from a freshly reset session
+(:data:`SESSION_RESET`; ``DISCARD ALL`` would also drop the migration lock this session holds).
 """
 
 from __future__ import annotations
@@ -24,19 +33,35 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from runner.db import connect, is_connection_lost, wait_until_ready
-from runner.errors import DatabaseUnavailable, DriftError, MigrationFailed, MigrunnerError
-from runner.history import Entry, HistoryTable
+from runner.db import (
+    connect,
+    is_connection_lost,
+    own_session_settings,
+    qualified,
+    wait_until_ready,
+)
+from runner.errors import (
+    ConfigError,
+    DatabaseUnavailable,
+    DriftError,
+    LockLost,
+    MigrationFailed,
+    MigrunnerError,
+)
+from runner.history import HISTORY_TABLE, Entry, HistoryTable
+from runner.lock import pg_locks_ids
 from runner.plan import Drift, Plan, drift, pending, plan_down, plan_up
 from runner.progress import Progress
 from runner.settings import redact
+from runner.signals import Interrupted, MigrationTimeout, time_limit
 from runner.source import Migration, Source, discover
 from runner.storage import MetaTable
+from runner.watch import session_watch
 
 if TYPE_CHECKING:
     import psycopg
@@ -46,6 +71,13 @@ if TYPE_CHECKING:
     from runner.log import Log
     from runner.settings import Settings
 
+#: What ``DISCARD ALL`` does, minus ``pg_advisory_unlock_all()``: this session holds the lock.
+SESSION_RESET = (
+    "RESET SESSION AUTHORIZATION; RESET ALL; CLOSE ALL; DEALLOCATE ALL; UNLISTEN *; "
+    "DISCARD TEMP; DISCARD SEQUENCES"
+)
+#: Inside the migration's transaction, before its bookkeeping: back to the runner's identity.
+BOOKKEEPING_IDENTITY = "RESET SESSION AUTHORIZATION; RESET ROLE"
 RETRYABLE = {"55P03": "lock not available", "40P01": "deadlock detected"}
 NEEDS_AUTOCOMMIT = {
     "25001": "cannot run inside a transaction block",
@@ -99,8 +131,11 @@ class Migrator:
         self.log = log
         self._source = source  # already read (a fleet reads the folder once for all targets)
         self.meta = MetaTable(settings.table, settings.schema, settings.timestamps)
-        self.history = HistoryTable(self.meta.ref, settings.schema)
+        # The history's key for this SequelizeMeta stays as the user named it (rows written
+        # before the schema was resolved keep matching); where both tables live is resolved.
+        self.history = HistoryTable(qualified(settings.schema, settings.table), settings.schema)
         self.server_version = 0
+        self.resolved = False
         self.progress = Progress(settings, log)
         self.analysis: Any = None  # runner.rehearsal.AnalyzeOptions: observe the dry run
 
@@ -115,14 +150,34 @@ class Migrator:
         return src
 
     def read_state(self, conn: psycopg.Connection) -> State:
+        """Read SequelizeMeta (and checksums); the first call also resolves the schema."""
         row = conn.execute(
-            "SELECT to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL",
-            (self.meta.ref, self.history.ref),
+            "SELECT x.s, pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', x.s, %s::text)) "
+            "IS NOT NULL, pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', x.s, %s::text)) "
+            "IS NOT NULL FROM (SELECT coalesce(%s::text, pg_catalog.current_schema()) AS s) x",
+            (self.settings.table, HISTORY_TABLE, self.settings.schema),
         ).fetchone()
-        meta_exists, history_exists = bool(row and row[0]), bool(row and row[1])
+        assert row is not None
+        self.resolve_schema(row[0])
+        meta_exists, history_exists = bool(row[1]), bool(row[2])
         applied = tuple(self.meta.applied(conn)) if meta_exists else ()
         checksums = self.history.applied_checksums(conn) if history_exists and applied else {}
         return State(applied, checksums, meta_exists)
+
+    def resolve_schema(self, schema: str | None) -> None:
+        """Fix the storage schema for the rest of the run (and the lock key derived from it):
+        whatever a migration later does to ``search_path`` cannot move the bookkeeping."""
+        if self.resolved:
+            return
+        if schema is None:
+            raise ConfigError(
+                "no schema to keep SequelizeMeta in: the session's search_path names no "
+                "existing schema; give --schema (migrationStorageTableSchema) or fix search_path"
+            )
+        self.settings = replace(self.settings, schema=schema)
+        self.meta = replace(self.meta, schema=schema)
+        self.history = replace(self.history, schema=schema)
+        self.resolved = True
 
     def open(self, wait: bool) -> psycopg.Connection:
         if wait:
@@ -177,14 +232,12 @@ class Migrator:
                 nullcontext(executors) if executors else Executors(self.settings, self.log) as ex,
                 MigrationLock(self.settings, self.log) as lock,
             ):
-                if lock.try_now():
+                if guarded(lambda: lock.try_now(conn)):
                     ex.prepare(plan)  # uncontended: node boots during the bookkeeping
                 else:
                     # A waiter holds one connection and no node: with N runners starting at
                     # once, N-1 of them will find nothing to do.
-                    conn.close()
-                    lock.acquire()
-                    conn = self.open(False)
+                    lock.acquire(conn)
                 state = guarded(lambda: self.read_state(conn))  # again, under the lock
                 self.check_drift(src, state, announce=False)
                 plan = plan_up(src.migrations, state.applied, to, from_=from_, name=name)
@@ -206,16 +259,19 @@ class Migrator:
         from runner.lock import MigrationLock
 
         src = self.source()
-        with (
-            self.connection(wait) as conn,
-            Executors(self.settings, self.log) as executors,
-            MigrationLock(self.settings, self.log) as lock,
-        ):
-            lock.acquire()
-            state = guarded(lambda: self.read_state(conn))
-            plan = plan_down(src.migrations, state.applied, step=step, to=to, all=all, name=name)
-            self.announce(src, state, plan)
-            return self.execute(conn, plan, dry_run, lock, executors)
+        with self.connection(wait) as conn:
+            guarded(lambda: self.read_state(conn))  # resolves the schema, hence the lock key
+            with (
+                Executors(self.settings, self.log) as executors,
+                MigrationLock(self.settings, self.log) as lock,
+            ):
+                lock.acquire(conn)
+                state = guarded(lambda: self.read_state(conn))
+                plan = plan_down(
+                    src.migrations, state.applied, step=step, to=to, all=all, name=name
+                )
+                self.announce(src, state, plan)
+                return self.execute(conn, plan, dry_run, lock, executors)
 
     def announce(self, src: Source, state: State, plan: Plan) -> None:
         """The line before a run: where (never a password), which folder, how much to do."""
@@ -267,12 +323,23 @@ class Migrator:
             self.dry_run(conn, plan, executors, report)
             return report
         with_ts = guarded(lambda: self.ensure_tables(conn))
+        proof = (conn.info.backend_pid, *pg_locks_ids(lock.key))
         self.progress.total = len(plan.steps)
         try:
             for i, mig in enumerate(plan.steps):
                 last = i == len(plan.steps) - 1
-                self.apply(conn, mig, plan.direction, executors, with_ts, last, lock.proof())
+                self.apply(conn, mig, plan.direction, executors, with_ts, last, proof)
                 report.done.append(mig.name)
+        except MigrunnerError as err:
+            if report.done and err.exit_code == 2:
+                # Exit 2 promises "nothing ran": not true any more (e.g. node turned out
+                # broken at the first JS migration, after SQL ones committed).
+                raise MigrunnerError(
+                    f"{err.message} (after {len(report.done)} migration(s) of this run were "
+                    f"applied: {', '.join(report.done)})",
+                    exit_code=1,
+                ) from None
+            raise
         finally:
             self.progress.close()
         return report
@@ -288,7 +355,9 @@ class Migrator:
         ident = s.identity
         app = f"migrunner/{ident.version} running {name}".encode()[:63].decode("utf-8", "ignore")
         local = "LOCAL " if transactional else ""
-        parts = [f"SET application_name = {quote_literal(app)}"]
+        # A fresh session first, whatever the previous migration did to it.
+        parts = [SESSION_RESET, own_session_settings(self.server_version)]
+        parts.append(f"SET application_name = {quote_literal(app)}")
         if self.server_version >= 140000:
             # A killed runner's backend would otherwise keep its transaction (and its locks)
             # until a blocked statement ends; this makes the server notice within a second.
@@ -324,9 +393,14 @@ class Migrator:
             t0 = time.perf_counter()
             try:
                 conn.execute(self.session_setup(mig.name, transactional, durable).encode())
-                executor.run(mig, direction, conn, transactional=transactional, dry_run=False)
+                with (
+                    time_limit(self.settings.migration_timeout),
+                    session_watch(conn, enabled=mig.kind == "js"),
+                ):
+                    executor.run(mig, direction, conn, transactional=transactional, dry_run=False)
                 if not transactional:
                     conn.execute(b"BEGIN")
+                conn.execute(self.bookkeeping_setup().encode())
                 if direction == "up":
                     self.meta.log(conn, mig.name, with_ts)
                 else:
@@ -348,18 +422,19 @@ class Migrator:
                     self.settings.identity,
                     lock_proof,
                 )
-                if not still_locked:
+                if not still_locked:  # only this session could have unlocked: the migration did
                     rollback(conn)
-                    raise MigrunnerError(
-                        f"lost the migration lock while running {mig.name} (its holder session "
-                        "was terminated); rolled back",
-                        exit_code=4,
+                    raise LockLost(
+                        f"lost the migration lock while running {mig.name}: the migration "
+                        "released it itself (pg_advisory_unlock_all?); rolled back"
                     )
                 conn.execute(b"COMMIT")
                 self.progress.end(mig, direction, elapsed, transactional=transactional)
                 return
             except MigrationFailed as err:
                 rollback(conn)
+                if conn.closed or conn.broken:  # e.g. node killed because the session ended
+                    raise self.lock_lost(mig, direction, transactional, started, t0, err) from None
                 if transactional and err.sqlstate in RETRYABLE and attempt <= self.settings.retries:
                     delay = min(0.2 * 2 ** (attempt - 1), 5.0)
                     msg = (
@@ -383,15 +458,36 @@ class Migrator:
                     continue
                 self.record_failure(conn, mig, direction, transactional, started, t0, err, notes)
                 raise
-            except MigrunnerError:
+            except MigrunnerError as err:
                 rollback(conn)
+                if conn.closed or conn.broken:
+                    raise self.lock_lost(mig, direction, transactional, started, t0, err) from None
+                raise
+            except MigrationTimeout as exc:
+                rollback(conn)
+                err3 = MigrationFailed(
+                    f"migration {mig.name} ({direction}) ran longer than --migration-timeout "
+                    f"{exc.seconds:g}s: {'rolled back' if transactional else NOT_ROLLED_BACK}"
+                )
+                self.record_failure(conn, mig, direction, transactional, started, t0, err3, notes)
+                raise err3 from None
+            except Interrupted as exc:  # SIGTERM / SIGINT: see runner.signals
+                rollback(conn)
+                exc.context = (
+                    f" while running {mig.name} ({direction}): "
+                    f"{'rolled back' if transactional else NOT_ROLLED_BACK}; the migration lock "
+                    "is released"
+                )
+                if not (conn.closed or conn.broken):
+                    interrupted = MigrunnerError(exc.message)
+                    self.record_failure(
+                        conn, mig, direction, transactional, started, t0, interrupted, notes
+                    )
                 raise
             except Exception as exc:
                 rollback(conn)
-                if is_connection_lost(exc):
-                    raise DatabaseUnavailable(
-                        f"connection lost while running {mig.name} ({direction}): {first_line(exc)}"
-                    ) from None
+                if is_connection_lost(exc) or conn.closed or conn.broken:
+                    raise self.lock_lost(mig, direction, transactional, started, t0, exc) from None
                 import psycopg
 
                 if isinstance(exc, psycopg.Error):
@@ -406,6 +502,54 @@ class Migrator:
                     raise err2 from None
                 raise
 
+    def bookkeeping_setup(self) -> str:
+        """Inside the migration's transaction, before SequelizeMeta and history are written."""
+        timeout = int((self.settings.statement_timeout or 0) * 1000)
+        return f"{BOOKKEEPING_IDENTITY}; SET LOCAL statement_timeout = '{timeout}ms'"
+
+    def lock_lost(
+        self,
+        mig: Migration,
+        direction: str,
+        transactional: bool,
+        started: datetime,
+        t0: float,
+        exc: BaseException,
+    ) -> MigrunnerError:
+        """The session holding the lock (and running the migration) ended under us: the
+        server rolled the open transaction back and freed the lock. Say so, and leave a
+        history row from a fresh connection (best effort: the lock is gone)."""
+        why = exc.message if isinstance(exc, MigrunnerError) else first_line(exc)
+        state = getattr(exc, "sqlstate", None) or ""
+        if state not in LOST_BECAUSE:
+            state = next((c for c, text in LOST_TEXT.items() if text in why), "")
+        effect = (
+            "the server rolled it back"
+            if transactional
+            else "it ran outside a transaction: its statements that completed stay applied, "
+            "it is not recorded, and nothing more of it ran"
+        )
+        try:  # is the server still there? then it ended our session on purpose
+            fresh: psycopg.Connection | None = connect(replace(self.settings, wait_timeout=0))
+        except Exception:
+            fresh = None
+        err: MigrunnerError
+        if fresh is not None:
+            # a DBA, `lock release --force`, a migration terminating other backends, an idle
+            # timeout, or node stopped because of one of these
+            cause = f" ({LOST_BECAUSE[state]})" if state in LOST_BECAUSE else ""
+            err = LockLost(
+                f"lost the migration lock while running {mig.name} ({direction}): its session "
+                f"was ended by the server{cause}: {why}; {effect}"
+            )
+            with fresh:
+                self.record_failure(fresh, mig, direction, transactional, started, t0, err, [])
+        else:  # the server or the network went away
+            if not why.startswith("connection lost"):
+                why = f"connection lost while running {mig.name} ({direction}): {why}"
+            err = DatabaseUnavailable(f"{why}; the migration lock went with it; {effect}")
+        return err
+
     def record_failure(
         self,
         conn: psycopg.Connection,
@@ -418,6 +562,7 @@ class Migrator:
         notes: list[str],
     ) -> None:
         try:
+            conn.execute(SESSION_RESET.encode())  # the failed migration's session state, gone
             self.history.record(
                 conn,
                 Entry(
@@ -456,13 +601,20 @@ class Migrator:
         ms = int(self.settings.statement_lock_timeout * 1000)
         on_copy: MigrationFailed | None = None
         try:
-            conn.execute(f"BEGIN; SET LOCAL lock_timeout = '{ms}ms'".encode())
+            fresh = f"{SESSION_RESET}; BEGIN; SET LOCAL lock_timeout = '{ms}ms'"
+            conn.execute(fresh.encode())
             with_ts = self.ensure_tables(conn)
             for mig in plan.steps:
+                # what each migration starts from, as in a real run (DISCARD is not allowed in
+                # the rehearsal's transaction; RESET is)
+                conn.execute(
+                    f"RESET SESSION AUTHORIZATION; RESET ALL; SET LOCAL lock_timeout = '{ms}ms'"
+                )
                 executor = executors.for_(mig)
                 declared = executor.declared_transactional(mig, plan.direction)
                 result = executor.run(mig, plan.direction, conn, transactional=True, dry_run=True)
                 report.dry_run.append((mig, declared is not False, result))
+                conn.execute(BOOKKEEPING_IDENTITY)
                 if plan.direction == "up":
                     self.meta.log(conn, mig.name, with_ts)
                 else:
@@ -573,4 +725,24 @@ def first_line(exc: BaseException) -> str:
 
 
 def quote_literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+    """An ``E''`` literal: the same meaning whatever ``standard_conforming_strings`` says (a
+    file name with a backslash and a quote must never become SQL)."""
+    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+#: Why a session ends, by SQLSTATE, and the words PostgreSQL's message uses for it.
+LOST_BECAUSE = {
+    "57P01": "terminated by an administrator or `lock release --force`",
+    "57P05": "idle_session_timeout",
+    "25P03": "idle_in_transaction_session_timeout",
+    "57P02": "server crash",
+    "57P03": "server shutting down",
+}
+NOT_ROLLED_BACK = "it ran outside a transaction: its completed statements stay applied"
+LOST_TEXT = {
+    "57P01": "administrator command",
+    "57P05": "idle-session timeout",
+    "25P03": "idle-in-transaction timeout",
+    "57P02": "crash of another server process",
+    "57P03": "the database system is shutting down",
+}

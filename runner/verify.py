@@ -150,7 +150,7 @@ def _session(settings: Settings, log: Log) -> Iterator[tuple[Any, ...]]:
         Executors(settings, replace(log, quiet=True)) as executors,
         MigrationLock(settings, replace(log, quiet=True)) as lock,
     ):
-        lock.acquire()
+        lock.acquire(conn)  # held by the session that runs the migrations
         yield migrator, conn, fp_conn, executors, lock
 
 
