@@ -117,6 +117,7 @@ def test_defaults_are_the_documented_ones() -> None:
     assert s == Settings(
         conninfo={"user": "u", "host": "h", "dbname": "d", "connect_timeout": "10"},
         target="u@h:5432/d",
+        credentials="no password in --url, PGPASSWORD or ~/.pgpass",
         migrations_path=CWD / "migrations",
         table="SequelizeMeta",
         schema=None,
