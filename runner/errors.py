@@ -14,6 +14,8 @@ Exit codes (documented in the README):
 4     the migration lock: not obtained within ``--lock-timeout``, or lost mid-run
 5     database unreachable, or the connection was lost mid-run
 6     drift: an applied migration's file is missing or was edited
+7     ``up --dry-run --analyze --fail-on``: a finding of a listed rule was found
+8     ``up --preflight``: an old session holds a lock the plan needs
 9     ``verify``: the round trip did not hold (``runner.verify.VerifyFailed``)
 ====  ======================================================================
 """
