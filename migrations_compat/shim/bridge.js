@@ -155,19 +155,17 @@ class Run {
       return promise;
     }
     // A promise of our own, so a rejection nobody handles stays unhandled (and fails the
-    // migration) exactly as it would on the original one.
-    return new Promise((resolve, reject) => {
-      promise.then(
-        (value) => {
-          this.completed();
-          resolve(value);
-        },
-        (err) => {
-          this.completed();
-          reject(err);
-        },
-      );
-    });
+    // migration) exactly as it would on the original one. An async function, not a
+    // `new Promise`, so V8's async stack trace still reaches the migration's own line.
+    return this.settled(promise);
+  }
+
+  async settled(promise) {
+    try {
+      return await promise;
+    } finally {
+      this.completed();
+    }
   }
 
   completed() {

@@ -217,7 +217,7 @@ def test_failing_statement_names_file_direction_sqlstate_and_statement(
     # message, SQLSTATE, statement.
     assert re.match(
         rf"migration sql-error\.js failed \(up\) at {re.escape(str(BRIDGE / 'sql-error.js'))}"
-        r'(:6)?: relation "public\.no_such_table" does not',
+        r':6: relation "public\.no_such_table" does not',
         err.message,
     ), err.message
     assert "[SQLSTATE 42P01] in statement: ALTER TABLE" in err.message

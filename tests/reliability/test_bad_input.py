@@ -365,7 +365,7 @@ CASES = [
     Case(
         "js-statement-fails",
         1,
-        r"migration 002-x\.js failed \(up\) at \S+/002-x\.js(:4)?: relation \"public\.nope\" does not exist \[SQLSTATE 42P01\] in statement: ALTER TABLE",
+        r"migration 002-x\.js failed \(up\) at \S+/002-x\.js:4: relation \"public\.nope\" does not exist \[SQLSTATE 42P01\] in statement: ALTER TABLE",
         files={
             "002-x.js": "module.exports = {\n  async up(qi, S) {\n    await qi.createTable('x1', {id: {type: S.INTEGER, primaryKey: true}});\n    await qi.addColumn('nope', 'c', S.INTEGER);\n  },\n};\n"
         },
