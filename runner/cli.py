@@ -22,6 +22,9 @@ from runner.log import Log
 from runner.settings import CliOptions, Settings, redact, resolve, wants_config
 
 SUCCESS_LINE = "Migrations completed successfully"
+UNFINISHED = (
+    "  (started in pool mode, never finished: running now, or interrupted and maybe partly applied)"
+)
 
 COMMON = [
     click.option("--url", help="Database URL (postgres://user:pass@host:port/db)."),
@@ -184,7 +187,7 @@ def print_dry_run(report: Any, log: Log) -> None:
         log.info(report.plan.note or "Nothing to do.")
         return
     for mig, transactional, result in report.dry_run:
-        mode = "transactional" if transactional else "non-transactional"
+        mode = result.not_rehearsed or ("transactional" if transactional else "non-transactional")
         log.out(f"-- {mig.name} ({report.plan.direction}, {mode})")
         for label, sql in result.statements:
             if label != "statement":
@@ -299,6 +302,7 @@ def do_status(as_json: bool, exit_code: bool, wait: bool) -> Callable[[Settings,
                         "pending": [m.name for m in report.pending],
                         "missing": list(report.drift.missing),
                         "changed": list(report.drift.changed),
+                        "unfinished": list(report.unfinished),
                         "storage": migrator.meta.ref,
                     },
                     ensure_ascii=False,
@@ -306,7 +310,11 @@ def do_status(as_json: bool, exit_code: bool, wait: bool) -> Callable[[Settings,
             )
         else:
             for row in report.rows():
-                flag = {"changed": "  (file changed since applied)", "missing": "  (file missing)"}
+                flag = {
+                    "changed": "  (file changed since applied)",
+                    "missing": "  (file missing)",
+                    "unfinished": UNFINISHED,
+                }
                 log.out(f"{row['state']} {row['name']}{flag.get(row.get('flag', ''), '')}")
         if report.drift:
             log.warn(report.drift.describe())

@@ -85,3 +85,13 @@ class DriftError(MigrunnerError):
     """Applied migrations whose files are missing or were edited since they ran."""
 
     exit_code = 6
+
+
+class AtomicModeUnavailable(MigrunnerError):
+    """Not shown to users: this attempt of a JS migration cannot give sequelize-cli's result on
+    the runner's one transaction. The migrator rolls it back and re-runs the migration, in a
+    transaction begun at ``isolation`` when that is all it needs, else in pool mode."""
+
+    def __init__(self, message: str, *, isolation: str | None = None) -> None:
+        super().__init__(message)
+        self.isolation = isolation

@@ -38,6 +38,8 @@ class RunResult:
     """What an executor ran: (label, sql) pairs, for the dry-run plan and the log."""
 
     statements: list[tuple[str, str]] = field(default_factory=list)
+    #: Dry run: why the migration was not rehearsed (it would run in pool mode).
+    not_rehearsed: str | None = None
 
 
 class Executor(Protocol):
@@ -232,14 +234,31 @@ class JsExecutor:
         *,
         transactional: bool,
         dry_run: bool,
+        isolation: str | None = None,
     ) -> RunResult:
         out = self.get_bridge().run(
-            mig.path, direction, conn, transactional=transactional, dry_run=dry_run
+            mig.path,
+            direction,
+            conn,
+            transactional=transactional,
+            dry_run=dry_run,
+            isolation=isolation,
         )
         result = RunResult()
         for st in out.statements:
             result.statements.append((str(st.label), str(st.sql)))
         return result
+
+    def run_pool(
+        self, mig: Migration, direction: str, conn: psycopg.Connection, application_name: str
+    ) -> None:
+        """Pool mode: the migration on real connections of its own, as sequelize-cli runs it
+        (``conn``, the runner's own, stays idle; its settings are reused)."""
+        from migrations_compat.bridge_pool import pool_connection
+
+        bridge = self.get_bridge()
+        connection = pool_connection(conn, self.settings.conninfo, application_name)
+        bridge.run_pool(mig.path, direction, conn, connection)
 
     def close(self) -> None:
         if self.bridge is not None:

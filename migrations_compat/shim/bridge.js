@@ -11,6 +11,7 @@
  * Python -> node: {t:'init', sequelizeOptions}        first message (kept out of argv / ps)
  *                 {t:'run', id, path, dir, sv, dbv}   run up()/down() of one migration file
  *                 {t:'meta', id, path}                  read a file's `useTransaction` flag
+ *                 {t:'pool', id, path, dir, dbv, conn}  run it in pool mode (./pool.js)
  *                 {t:'r', id, r|e}                      result (or error) of query `id`
  * node -> Python: {t:'ready', version, path, pgPath}  once sequelize is loaded
  *                 {t:'q', id, c, sql, p}               execute a statement (client c, params p)
@@ -23,6 +24,7 @@ const net = require('net');
 const path = require('path');
 const { pathToFileURL } = require('url');
 const { createPgShim } = require('./pg-shim');
+const { runInPool } = require('./pool');
 
 const [PROTOCOL_FD, SEQUELIZE_DIR, PG_DIR] = [Number(process.argv[2]), process.argv[3], process.argv[4]];
 
@@ -292,8 +294,27 @@ class Bridge {
       this.sequelizeOptions = msg.sequelizeOptions || {};
       return;
     }
+    if (msg.t === 'pool') {
+      this.queue = this.queue.then(() => runInPool(msg, this.poolDeps()));
+      return;
+    }
     // Runs and metadata reads are strictly sequential.
     this.queue = this.queue.then(() => (msg.t === 'run' ? this.run(msg) : this.meta(msg)));
+  }
+
+  poolDeps() {
+    return {
+      Sequelize,
+      pgMainPath,
+      sequelizeOptions: this.sequelizeOptions,
+      loadMigration,
+      describeError,
+      forget: (file) => {
+        if (this.ranFiles.has(file)) delete require.cache[file];
+        this.ranFiles.add(file);
+      },
+      send: (m) => this.channel.send(m),
+    };
   }
 
   adoptTypeOids(sequelize) {

@@ -1,0 +1,222 @@
+"""Atomic mode while it gives sequelize-cli's result, pool mode when it cannot.
+
+Each folder of ``tests/fixtures/pitfalls/modes`` holds one migration written for one pattern of
+transactions. Each runs through migrunner and through the real sequelize-cli on fresh
+databases; exit code, schema, SequelizeMeta and the data written must be the same, and the
+history says which mode migrunner used (the list in README "Atomic mode and pool mode").
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.conftest import popen_cli, run_cli
+from tests.integration.test_pitfalls import (  # noqa: F401  (fixtures)
+    APP,
+    app_modules,
+    meta_names,
+    other_db,
+    sequelize_cli,
+    snapshot,
+)
+from tests.support.state import backends, wait_for
+from tests.support.state import snapshot as dump_snapshot
+
+MODES = APP / "modes"
+GATE_KEY = 7_300_001
+
+
+@dataclass(frozen=True)
+class Pattern:
+    folder: str
+    mode: str  # what migrunner must use: atomic | pool
+    query: str  # the data the migration wrote, as the test reads it
+    rows: list[tuple[Any, ...]]
+
+    def __str__(self) -> str:
+        return self.folder
+
+
+PATTERNS = [
+    Pattern(
+        "parallel-transactions",
+        "pool",
+        "SELECT tenant, step FROM tenant_rows ORDER BY tenant, step",
+        [("a", 1), ("a", 2), ("a", 3), ("c", 1), ("c", 2), ("c", 3)],
+    ),
+    Pattern(
+        "write-beside-rollback",
+        "pool",
+        "SELECT entry FROM audit_trail ORDER BY id",
+        [("beside the transaction",), ("after the rollback",)],
+    ),
+    Pattern(
+        "nested-transactions",
+        "atomic",
+        "SELECT label FROM ledger_lines ORDER BY id",
+        [("outer first",), ("inner, kept",), ("outer last",)],
+    ),
+    Pattern(
+        "serializable-first",
+        "atomic",
+        "SELECT level FROM isolation_seen",
+        [("serializable",)],
+    ),
+    Pattern(
+        "isolation-later",
+        "pool",
+        "SELECT label, level FROM isolation_seen ORDER BY label",
+        [("asked", "repeatable read"), ("default", "read committed")],
+    ),
+]
+
+
+def mode_of(db: psycopg.Connection, name: str) -> str:
+    row = db.execute(
+        "SELECT note FROM migrunner_history WHERE name = %s AND outcome = 'applied'", [name]
+    ).fetchone()
+    assert row is not None, f"{name} has no applied history row"
+    return "pool" if row[0] and "pool mode" in row[0] else "atomic"
+
+
+def only_migration(folder: Path) -> str:
+    (path,) = folder.glob("*.js")
+    return path.name
+
+
+@pytest.mark.parametrize("pattern", PATTERNS, ids=str)
+def test_pattern_ends_as_under_sequelize_cli(
+    pattern: Pattern,
+    app_modules: Path,  # noqa: F811
+    db_url: str,
+    db: psycopg.Connection,
+    other_db: str,  # noqa: F811
+) -> None:
+    folder = MODES / pattern.folder
+    name = only_migration(folder)
+    ours = run_cli("up", "--url", db_url, "--migrations-path", str(folder))
+    theirs = sequelize_cli(app_modules, other_db, folder, "db:migrate")
+    assert theirs.returncode == 0, theirs.stdout + theirs.stderr
+    assert ours.returncode == 0, ours.stderr
+    with psycopg.connect(other_db, autocommit=True) as reference:
+        assert reference.execute(pattern.query).fetchall() == pattern.rows
+        expected = snapshot(reference)
+        assert meta_names(reference) == [name]
+    assert db.execute(pattern.query).fetchall() == pattern.rows
+    assert snapshot(db) == expected
+    assert meta_names(db) == [name]
+    assert mode_of(db, name) == pattern.mode
+    if pattern.mode == "pool":
+        assert f"{name}: running it in pool mode" in ours.stderr
+
+
+def test_statement_without_its_transaction_completes_where_sequelize_cli_hangs(
+    app_modules: Path,  # noqa: F811
+    db_url: str,
+    db: psycopg.Connection,
+    other_db: str,  # noqa: F811
+) -> None:
+    folder = MODES / "missing-transaction-option"
+    name = only_migration(folder)
+    ours = run_cli("up", "--url", db_url, "--migrations-path", str(folder), timeout=60)
+    assert ours.returncode == 0, ours.stderr
+    assert db.execute("SELECT name, value FROM counters").fetchall() == [("visits", 11)]
+    assert meta_names(db) == [name] and mode_of(db, name) == "atomic"
+    # sequelize-cli: the UPDATE's connection waits for t's row lock, t waits for the UPDATE
+    cli = subprocess.Popen(
+        [str(app_modules), "db:migrate", "--url", other_db, "--migrations-path", str(folder)],
+        cwd=APP,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(
+            lambda: any(b[2] == "Lock" for b in backends(other_db, "%")),
+            timeout=30,
+            what="sequelize-cli's second connection waiting for the transaction's lock",
+        )
+        assert cli.poll() is None  # still hanging
+    finally:
+        cli.kill()
+        cli.wait(timeout=30)
+    with psycopg.connect(other_db, autocommit=True) as reference:
+        assert meta_names(reference) == []
+
+
+def test_failure_after_committed_and_nested_transactions_leaves_nothing(
+    app_modules: Path,  # noqa: F811
+    db_url: str,
+    db: psycopg.Connection,
+    other_db: str,  # noqa: F811
+) -> None:
+    folder = MODES / "atomic-failure"
+    ours = run_cli("up", "--url", db_url, "--migrations-path", str(folder))
+    assert ours.returncode == 1
+    assert "carrier API unavailable" in ours.stderr and "pool mode" not in ours.stderr
+    assert db.execute("SELECT to_regclass('shipments')").fetchone() == (None,)
+    assert meta_names(db) == []
+    # sequelize-cli, same folder: the committed transaction's rows and the column stay
+    theirs = sequelize_cli(app_modules, other_db, folder, "db:migrate")
+    assert theirs.returncode == 1
+    with psycopg.connect(other_db, autocommit=True) as debris:
+        rows = debris.execute("SELECT label, weight FROM shipments ORDER BY id").fetchall()
+        assert rows == [("committed", None), ("nested", None)]
+        assert meta_names(debris) == []
+
+
+def test_dry_run_of_a_pool_mode_migration_changes_nothing(
+    app_modules: Path,  # noqa: F811
+    db_url: str,
+) -> None:
+    folder = MODES / "write-beside-rollback"
+    before = dump_snapshot(db_url)
+    dry = run_cli("up", "--dry-run", "--url", db_url, "--migrations-path", str(folder))
+    assert dry.returncode == 0, dry.stderr
+    assert "runs outside a transaction; not rehearsed" in dry.stdout
+    assert "would also discard a statement" in dry.stdout
+    after = dump_snapshot(db_url)
+    assert (after.schema, after.data, after.meta) == (before.schema, before.data, before.meta)
+
+
+def test_kill_in_the_middle_of_a_pool_mode_migration_is_flagged_by_status(
+    app_modules: Path,  # noqa: F811
+    db_url: str,
+    db: psycopg.Connection,
+) -> None:
+    folder = MODES / "gated-pool"
+    name = only_migration(folder)
+    gate = psycopg.connect(db_url, autocommit=True)
+    try:
+        gate.execute("SELECT pg_advisory_lock(%s)", [GATE_KEY])
+        proc = popen_cli(
+            "up", "--url", db_url, "--migrations-path", str(folder), env={"GATE_KEY": str(GATE_KEY)}
+        )
+        wait_for(
+            lambda: any(
+                b[2] == "Lock" for b in backends(db_url, f"migrunner/% pool-mode running {name}")
+            ),
+            what="the pool-mode migration waiting at the gate",
+        )
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+    finally:
+        gate.close()  # opens the gate: the orphaned backend finishes its SELECT and exits
+    assert db.execute("SELECT label FROM batches").fetchall() == [("before the gate",)]
+    assert meta_names(db) == []
+    status = run_cli("status", "--url", db_url, "--migrations-path", str(folder))
+    assert status.returncode == 0, status.stderr
+    assert f"down {name}  (started in pool mode, never finished" in status.stdout
+    as_json = run_cli("status", "--json", "--url", db_url, "--migrations-path", str(folder))
+    assert f'"unfinished": ["{name}"]' in as_json.stdout
+    history = run_cli("history", "--url", db_url, "--migrations-path", str(folder))
+    assert "started" in history.stdout and "pool mode: it declares useTransaction: false" in (
+        history.stdout
+    )
