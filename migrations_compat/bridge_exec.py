@@ -4,15 +4,22 @@ One :class:`StatementExecutor` serves one ``up()``/``down()``. Every Sequelize c
 migration shares the runner's single session, so this is where a migration's idea of
 transactions is mapped onto the runner's:
 
-* transactional mode (the runner has done ``BEGIN``): the migration's ``BEGIN`` / ``COMMIT`` /
-  ``ROLLBACK`` become ``SAVEPOINT`` / ``RELEASE`` / ``ROLLBACK TO``; every other statement runs
-  inside its own savepoint, so an error the migration catches (try/catch idempotency) leaves the
-  runner's transaction usable, while a statement that fails inside the migration's own
-  transaction marks that transaction aborted, as PostgreSQL would; session ``SET``\\ s become
-  ``SET LOCAL`` so nothing leaks past the runner's ``COMMIT``;
-* non-transactional mode (sequelize-cli semantics, for ``CREATE INDEX CONCURRENTLY`` and
-  friends): statements run as sent, in autocommit, and session settings the migration changed
-  are restored afterwards.
+* transactional mode, the bridge's *atomic mode* (the runner has done ``BEGIN``): the
+  migration's ``BEGIN`` / ``COMMIT`` / ``ROLLBACK`` become ``SAVEPOINT`` / ``RELEASE`` /
+  ``ROLLBACK TO``; every other statement runs inside its own savepoint, so an error the
+  migration catches (try/catch idempotency) leaves the runner's transaction usable, while a
+  statement that fails inside the migration's own transaction marks that transaction aborted,
+  as PostgreSQL would; session ``SET``\\ s become ``SET LOCAL`` so nothing leaks past the
+  runner's ``COMMIT``. :mod:`migrations_compat.bridge_tracking` records which client and which
+  of the migration's transactions owns each statement; when a rollback would discard work
+  sequelize-cli keeps, or a transaction asks for an isolation level or access mode the runner's
+  transaction does not have, the attempt is *abandoned*: every later query is refused unrun and
+  :meth:`NodeBridge.run` raises ``AtomicModeUnavailable``, so the migrator rolls back and re-runs
+  the migration at that isolation level or in pool mode (:mod:`migrations_compat.bridge_pool`);
+* non-transactional mode: statements run as sent, in autocommit on the runner's one session,
+  and session settings the migration changed are restored afterwards. The migrator no longer
+  uses it (``useTransaction: false`` and the 25001/55P04 fallback run in pool mode, on real
+  connections as sequelize-cli); it stays for callers of the bridge that want one session.
 
 Results are returned as the server's text values plus type OIDs; the JS side parses them with
 Sequelize's own type parsers.
@@ -331,7 +338,8 @@ class StatementExecutor:
         try:
             if piece.kind is Kind.BEGIN:
                 step = tracker.begin(client)
-                self._run_control(step.sql)
+                if step.sql:
+                    self._run_control(step.sql)
                 self._characteristics(client, piece.text)
             elif piece.kind is Kind.COMMIT:
                 step = tracker.commit(client)

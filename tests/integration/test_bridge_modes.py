@@ -32,6 +32,19 @@ from tests.support.state import snapshot as dump_snapshot
 
 MODES = APP / "modes"
 GATE_KEY = 7_300_001
+SECRET = "Pool-Mode-Secret-42"
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
 
 
 @dataclass(frozen=True)
@@ -193,11 +206,18 @@ def test_kill_in_the_middle_of_a_pool_mode_migration_is_flagged_by_status(
 ) -> None:
     folder = MODES / "gated-pool"
     name = only_migration(folder)
+    # a password the local trust authentication ignores: node gets it, nobody may see it
+    url = db_url.replace("postgres@", f"postgres:{SECRET}@", 1)
     gate = psycopg.connect(db_url, autocommit=True)
     try:
         gate.execute("SELECT pg_advisory_lock(%s)", [GATE_KEY])
         proc = popen_cli(
-            "up", "--url", db_url, "--migrations-path", str(folder), env={"GATE_KEY": str(GATE_KEY)}
+            "up",
+            "--url",
+            url,
+            "--migrations-path",
+            str(folder),
+            env={"GATE_KEY": str(GATE_KEY), "MIGRUNNER_BRIDGE_DEBUG": "1"},
         )
         wait_for(
             lambda: any(
@@ -205,8 +225,14 @@ def test_kill_in_the_middle_of_a_pool_mode_migration_is_flagged_by_status(
             ),
             what="the pool-mode migration waiting at the gate",
         )
+        nodes = children(proc.pid)
+        assert nodes, "the runner's node child"
+        for pid in nodes:  # the settings came over the socket, not argv or the environment
+            for what in ("cmdline", "environ"):
+                assert SECRET.encode() not in Path(f"/proc/{pid}/{what}").read_bytes()
         os.kill(proc.pid, signal.SIGKILL)
-        proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=30)
+        assert SECRET not in out + err
     finally:
         gate.close()  # opens the gate: the orphaned backend finishes its SELECT and exits
     assert db.execute("SELECT label FROM batches").fetchall() == [("before the gate",)]
