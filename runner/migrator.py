@@ -70,6 +70,7 @@ class State:
     applied: tuple[str, ...]
     checksums: dict[str, str]
     meta_exists: bool
+    history_exists: bool = False
 
 
 @dataclass
@@ -131,7 +132,7 @@ class Migrator:
         meta_exists, history_exists = bool(row and row[0]), bool(row and row[1])
         applied = tuple(self.meta.applied(conn)) if meta_exists else ()
         checksums = self.history.applied_checksums(conn) if history_exists and applied else {}
-        return State(applied, checksums, meta_exists)
+        return State(applied, checksums, meta_exists, history_exists)
 
     def open(self, wait: bool) -> psycopg.Connection:
         if wait:
@@ -150,12 +151,12 @@ class Migrator:
         src = self.source()
         with self.connection(wait) as conn:
             state = guarded(lambda: self.read_state(conn))
-            unfinished = guarded(lambda: self.unfinished(conn))
+            unfinished = (
+                guarded(lambda: self.history.unfinished(conn)) if state.history_exists else []
+            )
         found = drift(src.migrations, state.applied, state.checksums)
         return StatusReport(src, state, found, tuple(unfinished))
 
-    def unfinished(self, conn: psycopg.Connection) -> list[str]:
-        return self.history.unfinished(conn) if self.history.exists(conn) else []
 
     # ---- running ---------------------------------------------------------------------------
 
