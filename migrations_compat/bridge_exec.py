@@ -392,21 +392,21 @@ class StatementExecutor:
         transaction begun at that level; any later or differing request needs pool mode.
         """
         wanted = requested_characteristics(text)
+        have = self._runner_isolation() if wanted.isolation is not None else None
         if wanted.read_only:
-            reason = "a READ ONLY transaction cannot be represented inside the runner's"
-            if self.dry_run:
-                self._warn(f"{reason} transaction; rehearsed read-write: {text}")
-                return
-            self._abandon(f"{reason} read-write transaction ({first_line(text)})")
-        elif wanted.isolation is not None and wanted.isolation != self._runner_isolation():
-            have = self._runner_isolation()
-            if self.dry_run:
-                self._warn(
-                    f"isolation level {wanted.isolation} rehearsed at the dry run's {have}: {text}"
-                )
-                return
+            self._abandon(
+                "a READ ONLY transaction cannot be represented inside the runner's read-write "
+                f"transaction ({first_line(text)})"
+            )
+        elif wanted.isolation is not None and wanted.isolation != have:
             first = self.tracker.transactions_begun == 1 and not self.tracker.ledger
             if first and not self._level_chosen:
+                if self.dry_run:  # the dry run's one transaction has its level already
+                    self._warn(
+                        f"isolation level {wanted.isolation} rehearsed at the dry run's {have} "
+                        f"(the real run uses {wanted.isolation}): {first_line(text)}"
+                    )
+                    return
                 self._abandon(
                     f"its first transaction asks for isolation level {wanted.isolation}",
                     isolation=wanted.isolation,
