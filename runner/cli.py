@@ -445,6 +445,11 @@ def lock_release_cmd(force: bool, **kw: Any) -> None:
     run(kw, action)
 
 
+from runner.cli_fleet import fleet_group  # noqa: E402  -- needs `common` and `run` above
+
+cli.add_command(fleet_group)
+
+
 def main() -> None:
     """Entry point. Usage errors are one ``error:`` line and exit 2, like every other error."""
     try:

@@ -109,9 +109,10 @@ class RunReport:
 
 
 class Migrator:
-    def __init__(self, settings: Settings, log: Log) -> None:
+    def __init__(self, settings: Settings, log: Log, source: Source | None = None) -> None:
         self.settings = settings
         self.log = log
+        self._source = source  # already read (a fleet reads the folder once for all targets)
         self.meta = MetaTable(settings.table, settings.schema, settings.timestamps)
         self.history = HistoryTable(self.meta.ref, settings.schema)
         self.server_version = 0
@@ -119,6 +120,8 @@ class Migrator:
     # ---- reading ---------------------------------------------------------------------------
 
     def source(self) -> Source:
+        if self._source is not None:
+            return self._source
         src = discover(self.settings.migrations_path)
         for name in src.ignored:
             self.log.warn(f"ignoring {src.folder / name}: not a .js/.cjs/.ts/.cts/.sql migration")
@@ -160,7 +163,15 @@ class Migrator:
 
     # ---- running ---------------------------------------------------------------------------
 
-    def up(self, to: str | None = None, dry_run: bool = False, wait: bool = False) -> RunReport:
+    def up(
+        self,
+        to: str | None = None,
+        dry_run: bool = False,
+        wait: bool = False,
+        executors: Executors | None = None,
+    ) -> RunReport:
+        """Apply pending migrations. ``executors``: reuse these (and their node process) and
+        leave them open, as a fleet worker does across targets."""
         src = self.source()
         if not src.migrations:
             raise_empty(src)
@@ -171,15 +182,17 @@ class Migrator:
             self.check_drift(src, state)
             if not plan:
                 return RunReport(plan)  # nothing pending: no lock, no node
+            from contextlib import nullcontext
+
             from runner.executors import Executors
             from runner.lock import MigrationLock
 
             with (
-                Executors(self.settings, self.log) as executors,
+                nullcontext(executors) if executors else Executors(self.settings, self.log) as ex,
                 MigrationLock(self.settings, self.log) as lock,
             ):
                 if lock.try_now():
-                    executors.prepare(plan)  # uncontended: node boots during the bookkeeping
+                    ex.prepare(plan)  # uncontended: node boots during the bookkeeping
                 else:
                     # A waiter holds one connection and no node: with N runners starting at
                     # once, N-1 of them will find nothing to do.
@@ -189,7 +202,7 @@ class Migrator:
                 state = guarded(lambda: self.read_state(conn))  # again, under the lock
                 self.check_drift(src, state, announce=False)
                 plan = plan_up(src.migrations, state.applied, to)
-                return self.execute(conn, plan, dry_run, lock, executors)
+                return self.execute(conn, plan, dry_run, lock, ex)
         finally:
             conn.close()
 

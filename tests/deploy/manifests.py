@@ -16,7 +16,7 @@ K8S = ROOT / "k8s"
 K8S_VERSION = "1.32.0"
 
 #: Subcommands of migrunner, as the manifests' command lines may use them.
-MIGRUNNER_COMMANDS = {"up", "status", "db:migrate", "db:migrate:status", "wait"}
+MIGRUNNER_COMMANDS = {"up", "status", "db:migrate", "db:migrate:status", "wait", "fleet"}
 
 
 @dataclass(frozen=True)
