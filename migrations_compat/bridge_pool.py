@@ -56,7 +56,8 @@ def pool_connection(
             path = conninfo.get(name) or env.get("PG" + name.upper())
             if path and path != "system" and Path(path).is_file():
                 ssl[key] = str(Path(path).resolve())
-    user_options = env.get("PGOPTIONS")
+    # as libpq: the connection's own options (a fleet's search_path), else PGOPTIONS
+    user_options = conninfo.get("options") or env.get("PGOPTIONS")
     return {
         "host": host,
         "port": info.port,
