@@ -160,7 +160,6 @@ class Migrator:
         found = drift(src.migrations, state.applied, state.checksums)
         return StatusReport(src, state, found, tuple(unfinished))
 
-
     # ---- running ---------------------------------------------------------------------------
 
     def up(

@@ -18,7 +18,9 @@ from typing import Any
 
 import psycopg
 
+from migrations_compat.bridge_pool import POOL_SESSION_OPTIONS, pool_connection
 from tests.conftest import popen_cli, run_cli
+from tests.integration.test_config_tls import TlsServer, tls_server  # noqa: F401
 from tests.integration.test_pitfalls import (  # noqa: F401  (fixtures)
     APP,
     app_modules,
@@ -27,6 +29,7 @@ from tests.integration.test_pitfalls import (  # noqa: F401  (fixtures)
     sequelize_cli,
     snapshot,
 )
+from tests.support.pg import create_database, drop_database
 from tests.support.state import backends, wait_for
 from tests.support.state import snapshot as dump_snapshot
 
@@ -258,3 +261,39 @@ def test_kill_in_the_middle_of_a_pool_mode_migration_is_flagged_by_status(
     assert "started" in history.stdout and "pool mode: it declares useTransaction: false" in (
         history.stdout
     )
+
+
+def test_pool_connection_settings_are_the_runners(db_url: str) -> None:
+    with psycopg.connect(db_url, options="-c search_path=tenant_7,public") as conn:
+        settings = pool_connection(conn, {"options": "-c search_path=tenant_7,public"}, "app")
+        assert settings["database"] == conn.info.dbname
+        assert (settings["host"], settings["port"], settings["user"]) == (
+            conn.info.host,
+            conn.info.port,
+            conn.info.user,
+        )
+        assert settings["ssl"] is False and settings["applicationName"] == "app"
+        assert settings["options"] == f"-c search_path=tenant_7,public {POOL_SESSION_OPTIONS}"
+    with psycopg.connect(db_url) as conn:
+        plain = pool_connection(conn, {}, "app", environ={"PGOPTIONS": "-c work_mem=8MB"})
+        assert plain["options"] == f"-c work_mem=8MB {POOL_SESSION_OPTIONS}"
+
+
+def test_pool_mode_connects_with_the_runners_verified_tls(
+    tls_server: TlsServer,  # noqa: F811
+) -> None:
+    base = f"postgresql://postgres@localhost:{tls_server.port}"
+    url = f"{base}/postgres"
+    database = create_database(url)
+    try:
+        name = database.rsplit("/", 1)[1]
+        tls_url = f"{base}/{name}?sslmode=verify-full&sslrootcert={tls_server.ca_file}"
+        folder = MODES / "tls-pool"
+        done = run_cli("up", "--url", tls_url, "--migrations-path", str(folder))
+        assert done.returncode == 0, done.stderr
+        with psycopg.connect(tls_url) as conn:
+            (ssl, app), *_ = conn.execute("SELECT ssl, app FROM connection_seen").fetchall()
+        assert ssl is True
+        assert app.endswith(f"pool-mode running {only_migration(folder)}")
+    finally:
+        drop_database(url, database)
