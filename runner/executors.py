@@ -10,7 +10,7 @@ SQLSTATE, so the migrator can decide to retry (55P03, 40P01) or re-run outside a
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -250,14 +250,20 @@ class JsExecutor:
         return result
 
     def run_pool(
-        self, mig: Migration, direction: str, conn: psycopg.Connection, application_name: str
+        self,
+        mig: Migration,
+        direction: str,
+        conn: psycopg.Connection,
+        conninfo: Mapping[str, str],
+        application_name: str,
     ) -> None:
         """Pool mode: the migration on real connections of its own, as sequelize-cli runs it
-        (``conn``, the runner's own, stays idle; its settings are reused)."""
+        (``conn``, the runner's own, stays idle; it and its ``conninfo`` — the target's, not
+        this executor's, which a fleet shares — say where to connect)."""
         from migrations_compat.bridge_pool import pool_connection
 
         bridge = self.get_bridge()
-        connection = pool_connection(conn, self.settings.conninfo, application_name)
+        connection = pool_connection(conn, conninfo, application_name)
         bridge.run_pool(mig.path, direction, conn, connection)
 
     def close(self) -> None:

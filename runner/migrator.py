@@ -486,7 +486,13 @@ class Migrator:
             )
         app = f"migrunner/{who.version} pool-mode running {name}"
         try:
-            executors.js.run_pool(mig, direction, conn, app.encode()[:63].decode("utf-8", "ignore"))
+            executors.js.run_pool(
+                mig,
+                direction,
+                conn,
+                self.settings.conninfo,
+                app.encode()[:63].decode("utf-8", "ignore"),
+            )
         except MigrationFailed as err:
             failed = MigrationFailed(
                 f"{err.message} — in pool mode (not atomic): what it did before failing stays, "

@@ -95,9 +95,10 @@ PARITY = MODES / "parity"
 INTERLEAVED = {"public.tenant_rows"}
 
 
-def mode_of(db: psycopg.Connection, name: str) -> str:
+def mode_of(db: psycopg.Connection, name: str, schema: str = "public") -> str:
     row = db.execute(
-        "SELECT note FROM migrunner_history WHERE name = %s AND outcome = 'applied'", [name]
+        f"SELECT note FROM {schema}.migrunner_history WHERE name = %s AND outcome = 'applied'",
+        [name],
     ).fetchone()
     assert row is not None, f"{name} has no applied history row"
     return "pool" if row[0] and "pool mode" in row[0] else "atomic"
@@ -297,3 +298,22 @@ def test_pool_mode_connects_with_the_runners_verified_tls(
         assert app.endswith(f"pool-mode running {only_migration(folder)}")
     finally:
         drop_database(url, database)
+
+
+def test_fleet_of_schemas_runs_pool_mode_in_each_tenants_schema(db_url: str) -> None:
+    schemas = ["tenant_one", "tenant_two"]
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for schema in schemas:
+            conn.execute(f"CREATE SCHEMA {schema}")
+    folder = MODES / "tls-pool"  # useTransaction: false, creates an unqualified table
+    select = "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'tenant%' ORDER BY 1"
+    done = run_cli(
+        "fleet", "up", "--url", db_url, "--schemas-sql", select, "--parallel", "2",
+        "--migrations-path", str(folder),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for schema in schemas:
+            assert conn.execute(f"SELECT count(*) FROM {schema}.connection_seen").fetchone() == (1,)
+            assert mode_of(conn, only_migration(folder), schema) == "pool"
+        assert conn.execute("SELECT to_regclass('public.connection_seen')").fetchone() == (None,)
