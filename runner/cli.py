@@ -70,6 +70,12 @@ COMMON = [
         default=False,
         help="Run even if applied migrations' files are missing or changed.",
     ),
+    click.option(
+        "--pool-mode",
+        type=click.Choice(["auto", "never"]),
+        help="JS migrations atomic mode cannot run as sequelize-cli would: re-run on real "
+        "connections, not atomically (auto, default), or fail (never). Env MIGRUNNER_POOL_MODE.",
+    ),
     # sequelize-cli flags accepted for drop-in compatibility; they do not affect migrations.
     click.option("--seeders-path", hidden=True),
     click.option("--models-path", hidden=True),
@@ -100,6 +106,7 @@ def options_from(kw: dict[str, Any]) -> CliOptions:
         wait_timeout=kw.get("wait_timeout"),
         log_format=kw.get("log_format"),
         allow_drift=bool(kw.get("allow_drift")),
+        pool_mode=kw.get("pool_mode"),
     )
 
 

@@ -453,6 +453,16 @@ class Migrator:
         """Run a JS migration in pool mode (see the module docstring): not atomic, so its
         ``started`` row is committed first and SequelizeMeta is written only after success."""
         name = mig.name
+        if self.settings.pool_mode == "never":
+            refused = MigrationFailed(
+                f"{name} ({direction}) would need pool mode (not atomic) because {reason}; "
+                "refused by --pool-mode never (nothing of it was applied)"
+            )
+            started = datetime.now(UTC)
+            self.record_failure(
+                conn, mig, direction, False, started, time.perf_counter(), refused, []
+            )
+            raise refused
         self.log.warn(
             f"{name}: running it in pool mode — on real connections of its own, exactly as "
             f"sequelize-cli would, NOT atomically — because {reason}",

@@ -317,3 +317,17 @@ def test_fleet_of_schemas_runs_pool_mode_in_each_tenants_schema(db_url: str) -> 
             assert conn.execute(f"SELECT count(*) FROM {schema}.connection_seen").fetchone() == (1,)
             assert mode_of(conn, only_migration(folder), schema) == "pool"
         assert conn.execute("SELECT to_regclass('public.connection_seen')").fetchone() == (None,)
+
+
+def test_pool_mode_never_refuses_and_leaves_nothing(db_url: str, db: psycopg.Connection) -> None:
+    refused = run_cli(
+        "up", "--pool-mode", "never", "--url", db_url, "--migrations-path", str(PARITY)
+    )
+    assert refused.returncode == 1
+    assert (
+        f"{PATTERNS[0].name} (up) would need pool mode (not atomic) because the rollback of a "
+        "transaction would also discard"
+    ) in refused.stderr
+    assert "refused by --pool-mode never" in refused.stderr
+    assert db.execute("SELECT to_regclass('tenant_rows')").fetchone() == (None,)
+    assert meta_names(db) == []
