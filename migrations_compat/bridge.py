@@ -535,6 +535,7 @@ class NodeBridge:
         transactional: bool = True,
         dry_run: bool = False,
         isolation: str | None = None,
+        observer: Any = None,
     ) -> BridgeOutcome:
         """Run ``up`` or ``down`` of one JS migration on ``conn`` (autocommit mode).
 
@@ -557,6 +558,7 @@ class NodeBridge:
         executor = StatementExecutor(
             conn, transactional=transactional, dry_run=dry_run, isolation=isolation
         )
+        executor.observer = observer  # up --dry-run --analyze (runner/observe.py)
         self._next_id += 1
         run_id = self._next_id
         self._current = name

@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import re
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -164,6 +165,8 @@ class StatementExecutor:
         self._saved_settings: dict[str, str | None] = {}
         self._encoding = conn.info.encoding
         self._cursor = _raw_cursor(conn)
+        #: Optional: called after each executed query with (sql, conn, command tag, seconds).
+        self.observer: Any = None
 
     # -- entry point -------------------------------------------------------------------------
 
@@ -173,7 +176,12 @@ class StatementExecutor:
         if self.abandoned is not None:
             # Nothing more runs in this attempt; the migrator rolls it back and re-runs it.
             self._record(sql, values, LABEL_STATEMENT, executed_as="(not run: re-run follows)")
+            pieces = analyze(sql)
+            if all(p.kind.is_transaction_control for p in pieces):
+                # "succeeds" unrun: Sequelize would log a failed ROLLBACK as the app's problem
+                return {"r": [_empty_result(p.command) for p in pieces]}
             return {"e": self._abandoned_error(sql).payload()}
+        t0 = time.perf_counter()
         try:
             if self.transactional:
                 results = self._execute_transactional(client, sql, values)
@@ -182,6 +190,9 @@ class StatementExecutor:
         except StatementFailure as failure:
             self.last_error = failure.error
             return {"e": failure.error.payload()}
+        if self.observer is not None:
+            tag = results[-1]["c"] if results else None
+            self.observer(sql, self.conn, tag, time.perf_counter() - t0)
         return {"r": results}
 
     def finish(self) -> str | None:
@@ -368,8 +379,11 @@ class StatementExecutor:
                 else:
                     step = tracker.release(client, target)
         except NotRepresentable as exc:
+            # Unrun, and "successful": the attempt is void anyway, and a failed ROLLBACK would
+            # be logged by Sequelize as if the app had a problem.
             self._abandon(str(exc))
-            raise StatementFailure(self._abandoned_error(piece.text)) from None
+            self._record(piece.text, None, LABEL_TRANSACTION_CONTROL, executed_as="(not run)")
+            return _empty_result(piece.command)
         if piece.kind is not Kind.BEGIN and step.sql:
             self._run_control(step.sql)
         self._record(

@@ -31,6 +31,11 @@ connection:
   ``migrationStorageTableName`` / ``migrationStorageTableSchema`` / ``migrationTimestamps``
   follow umzug-helper (falsy values fall back to the defaults).
 * ``dialect`` must be ``postgres`` or ``postgresql``.
+* Seeders (``db:seed*``): ``--seeders-path`` else the rc's ``seeders-path`` else ``seeders``;
+  ``seederStorage`` ``none`` (the default: nothing is recorded, every seeder is pending),
+  ``sequelize`` (``seederStorageTableName``, default ``SequelizeData``;
+  ``seederStorageTableSchema``; ``seederTimestamps``) or ``json`` (``seederStoragePath``,
+  default ``<cwd>/sequelize-data.json``), as umzug-helper reads them.
 * ``migrunner: {nonTransactional: ["20240101-add-index.js", ...]}`` in the environment entry is
   a migrunner extension: the named migrations run outside a transaction (``CREATE INDEX
   CONCURRENTLY``...). sequelize-cli ignores the key, so the same file serves both tools.
@@ -135,6 +140,19 @@ class ConfigRequest:
     url: str | None = None
     migrations_path: Path | None = None
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    seeders_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class SeederStorage:
+    """Where sequelize-cli's seeders are found and how their runs are recorded."""
+
+    path: Path | None = None  # None: <cwd>/seeders
+    storage: str = "none"  # "none" | "sequelize" | "json"
+    table: str = "SequelizeData"
+    schema: str | None = None
+    timestamps: bool = False
+    json_path: Path | None = None  # None: <cwd>/sequelize-data.json
 
 
 @dataclass(frozen=True, repr=False)
@@ -156,6 +174,7 @@ class AppConfig:
     non_transactional: frozenset[str] = frozenset()
     config_path: Path | None = None
     env_name: str | None = None
+    seeders: SeederStorage = field(default_factory=lambda: SeederStorage())
 
     def __repr__(self) -> str:
         shown = {k: ("*****" if k in SECRET_KEYS else v) for k, v in self.conninfo.items()}
@@ -423,6 +442,7 @@ def resolve(loaded: Loaded, req: ConfigRequest) -> AppConfig | None:
             source=f"{rel(loaded.rc_path, cwd)} (no config file)",
             migrations_path=migrations_path,
             env_name=env_name,
+            seeders=seeder_storage({}, req, rc, source=""),
         )
     else:
         return None
@@ -453,6 +473,53 @@ def resolve(loaded: Loaded, req: ConfigRequest) -> AppConfig | None:
         non_transactional=non_transactional(entry, source),
         config_path=config_path,
         env_name=env_name,
+        seeders=seeder_storage(entry, req, rc, source),
+    )
+
+
+def seeder_storage(
+    entry: Mapping[str, Any], req: ConfigRequest, rc: Mapping[str, Any], source: str
+) -> SeederStorage:
+    """umzug-helper's seeder options (falsy values fall back to the defaults)."""
+    path = req.seeders_path or rc.get("seeders-path") or rc.get("seedersPath")
+    storage = entry.get("seederStorage") or "none"
+    if storage not in ("none", "sequelize", "json"):
+        raise ConfigError(
+            f"seederStorage {storage!r} in {source} is not supported (none, sequelize or json)"
+        )
+    table = entry.get("seederStorageTableName") or "SequelizeData"
+    schema = entry.get("seederStorageTableSchema") or None
+    if not isinstance(table, str) or (schema is not None and not isinstance(schema, str)):
+        raise ConfigError(f"seederStorageTableName/Schema in {source} must be strings")
+    json_path = entry.get("seederStoragePath")
+    return SeederStorage(
+        path=absolute(Path(str(path)), req.cwd) if path else None,
+        storage=storage,
+        table=table,
+        schema=schema,
+        timestamps=bool(entry.get("seederTimestamps")),
+        json_path=absolute(Path(str(json_path)), req.cwd) if json_path else None,
+    )
+
+
+def load_rc_paths(
+    cwd: Path, options_path: Path | None, environ: Mapping[str, str]
+) -> tuple[Path | None, Path | None]:
+    """``(migrations-path, seeders-path)`` from the ``.sequelizerc`` alone, for commands that
+    need no database (``migration:generate``, ``seed:generate``); the config is not read."""
+    req = ConfigRequest(cwd=cwd, options_path=options_path, url="postgres://", environ=environ)
+    loading = start_loading(req)
+    loaded = loading._loaded
+    if loading._error is not None:
+        raise loading._error
+    if loading._proc is not None:
+        loaded = _read_node(loading._proc, req, loading._what, DEFAULT_TIMEOUT)
+    rc = dict(loaded.rc or {}) if loaded else {}
+    mig = rc.get("migrations-path") or rc.get("migrationsPath")
+    seed = rc.get("seeders-path") or rc.get("seedersPath")
+    return (
+        absolute(Path(str(mig)), cwd) if mig else None,
+        absolute(Path(str(seed)), cwd) if seed else None,
     )
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from runner import __version__
+from runner.analyze_cli import analyze_options, do_analyze, preflight, wants_analyze
 from runner.errors import MigrunnerError, PendingMigrations
 from runner.log import Log
 from runner.settings import CliOptions, Settings, redact, resolve, wants_config
@@ -173,11 +174,19 @@ def cli() -> None:
 # ---- up ----------------------------------------------------------------------------------
 
 
-def do_up(to: str | None, dry_run: bool, wait: bool) -> Callable[[Settings, Log], int]:
+def do_up(
+    to: str | None,
+    dry_run: bool,
+    wait: bool,
+    from_: str | None = None,
+    name: str | None = None,
+) -> Callable[[Settings, Log], int]:
     def action(settings: Settings, log: Log) -> int:
         from runner.migrator import Migrator
 
-        report = Migrator(settings, log).up(to=to, dry_run=dry_run, wait=wait)
+        report = Migrator(settings, log).up(
+            to=to, dry_run=dry_run, wait=wait, from_=from_, name=name
+        )
         if dry_run:
             print_dry_run(report, log)
             return 0
@@ -213,19 +222,32 @@ def print_dry_run(report: Any, log: Log) -> None:
 @click.option("--to", help="Stop after this migration (file name).")
 @click.option("--dry-run", is_flag=True, help="Print the SQL; execute in a rolled-back txn.")
 @click.option("--wait", is_flag=True, help="Wait for the database to accept connections.")
+@analyze_options
 def up_cmd(to: str | None, dry_run: bool, wait: bool, **kw: Any) -> None:
     """Apply pending migrations."""
-    run(kw, do_up(to, dry_run, wait))
+    run(
+        kw,
+        do_analyze(to, wait, kw) if wants_analyze(kw) else preflight(kw, do_up(to, dry_run, wait)),
+    )
 
 
 @cli.command("db:migrate")
 @common
 @click.option("--to", help="Stop after this migration (file name).")
+@click.option("--from", "from_", help="Run the pending migrations after this one (excluded).")
+@click.option("--name", help="Run only this migration.")
 @click.option("--dry-run", is_flag=True, help="Print the SQL; execute in a rolled-back txn.")
 @click.option("--wait", is_flag=True, help="Wait for the database to accept connections.")
-def db_migrate(to: str | None, dry_run: bool, wait: bool, **kw: Any) -> None:
+def db_migrate(
+    to: str | None,
+    from_: str | None,
+    name: str | None,
+    dry_run: bool,
+    wait: bool,
+    **kw: Any,
+) -> None:
     """sequelize-cli alias of `up`."""
-    run(kw, do_up(to, dry_run, wait))
+    run(kw, do_up(to, dry_run, wait, from_=from_, name=name))
 
 
 # ---- down --------------------------------------------------------------------------------
@@ -453,8 +475,10 @@ def lock_release_cmd(force: bool, **kw: Any) -> None:
 
 
 from runner.cli_fleet import fleet_group  # noqa: E402  -- needs `common` and `run` above
+from runner.cli_sequelize import register as register_sequelize  # noqa: E402
 
 cli.add_command(fleet_group)
+register_sequelize(cli, common, run)  # seeders, generators, db:create/db:drop
 
 
 def main() -> None:

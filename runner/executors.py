@@ -10,7 +10,8 @@ SQLSTATE, so the migrator can decide to retry (55P03, 40P01) or re-run outside a
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -31,6 +32,11 @@ REPLAY_CHUNK = 500
 TXN_CONTROL = re.compile(
     r"^\s*(BEGIN|START\s+TRANSACTION|COMMIT|END|ROLLBACK|ABORT)\b(?!\s+ATOMIC)", re.IGNORECASE
 )
+
+
+#: Called after each statement a migration executed: (sql, connection, command tag, seconds).
+#: ``up --dry-run --analyze`` reads locks and file nodes there (runner/observe.py).
+StatementObserver = Callable[[str, "psycopg.Connection", "str | None", float], None]
 
 
 @dataclass
@@ -77,7 +83,7 @@ def statement_error(
     pos = getattr(diag, "statement_position", None)
     line = error_line(stmt, int(pos) if pos else None)
     return MigrationFailed(
-        f"migration {mig.name} failed ({direction}) at {mig.path}:{line}: {primary}"
+        f"migration {mig.name} failed ({direction}) at {stmt.file or mig.path}:{line}: {primary}"
         f"{f' [SQLSTATE {state}]' if state else ''} in statement: {one_line(stmt.sql)}",
         sqlstate=state,
     )
@@ -88,6 +94,8 @@ class SqlExecutor:
 
     def __init__(self) -> None:
         self.parsed: dict[Path, SqlMigration] = {}
+        self.observer: StatementObserver | None = None
+        self.noticed: set[str] = set()
 
     def parse(self, mig: Migration) -> SqlMigration:
         if mig.path not in self.parsed:
@@ -133,7 +141,8 @@ class SqlExecutor:
 
         section = self.section(mig, direction)
         result = RunResult()
-        if transactional and not dry_run and len(section.statements) > 1:
+        observer = self.observer
+        if observer is None and transactional and not dry_run and len(section.statements) > 1:
             # One round trip for the whole section (what makes 1,000 small migrations cheap).
             # On failure, roll back to the savepoint and replay statement by statement to name
             # the failing statement and its line; a transient failure that does not recur in
@@ -152,10 +161,13 @@ class SqlExecutor:
                 result.statements.append(("non-transactional (not executed in dry run)", stmt.sql))
                 continue
             result.statements.append(("statement", stmt.sql))
+            t0 = time.perf_counter()
             try:
-                conn.execute(stmt.sql.encode())
+                cur = conn.execute(stmt.sql.encode())
             except psycopg.Error as exc:
                 raise statement_error(mig, direction, stmt, exc) from None
+            if observer is not None:
+                observer(stmt.sql, conn, cur.statusmessage, time.perf_counter() - t0)
         return result
 
     def execute_batch(self, conn: psycopg.Connection, statements: Sequence[Statement]) -> None:
@@ -203,6 +215,7 @@ class JsExecutor:
         self.settings = settings
         self.log = log
         self.bridge: Any = None
+        self.observer: StatementObserver | None = None
 
     def get_bridge(self) -> Any:
         if self.bridge is None:
@@ -236,6 +249,7 @@ class JsExecutor:
         dry_run: bool,
         isolation: str | None = None,
     ) -> RunResult:
+        extra = {"observer": self.observer} if self.observer is not None else {}
         out = self.get_bridge().run(
             mig.path,
             direction,
@@ -243,6 +257,7 @@ class JsExecutor:
             transactional=transactional,
             dry_run=dry_run,
             isolation=isolation,
+            **extra,
         )
         result = RunResult()
         for st in out.statements:
@@ -278,6 +293,10 @@ class Executors:
     def __init__(self, settings: Settings, log: Log) -> None:
         self.sql = SqlExecutor()
         self.js = JsExecutor(settings, log)
+        self.log = log
+
+    def observe(self, observer: StatementObserver | None) -> None:
+        self.sql.observer = self.js.observer = observer
 
     def for_(self, mig: Migration) -> SqlExecutor | JsExecutor:
         return self.sql if mig.kind == "sql" else self.js
@@ -289,6 +308,10 @@ class Executors:
         for mig in plan.steps:
             if mig.kind == "sql":
                 self.sql.validate(mig, plan.direction)
+                for notice in self.sql.parse(mig).notices:  # dbmate-style ignored options
+                    if notice not in self.sql.noticed:
+                        self.sql.noticed.add(notice)
+                        self.log.warn(notice)
         if any(m.kind == "js" for m in plan.steps):
             self.js.get_bridge().prestart()
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from runner.dburl import search_path_schema
 from runner.errors import ConfigError, MigrunnerError
 from runner.log import Log
 from runner.settings import Settings, describe, redact, url_to_conninfo
@@ -115,7 +116,8 @@ def parse_target_lines(lines: Iterable[str], where: str) -> list[Target]:
             conninfo = url_to_conninfo(line, f"{where} line {number}")
         except ConfigError as exc:
             raise ConfigError(redact(exc.message, line)) from None
-        targets.append(make_target(conninfo))
+        # dbmate-style ?search_path=a,b: a tenant schema, bookkeeping in `a` (runner/dburl.py)
+        targets.append(make_target(conninfo, search_path_schema(line)))
     return dedupe(targets, where)
 
 
@@ -148,7 +150,7 @@ def targets_from_values(
             conninfo = with_search_path(base, value)
             targets.append(make_target(conninfo, value))
         elif value.startswith(("postgres://", "postgresql://")):
-            targets.append(make_target(url_to_conninfo(value, where)))
+            targets.append(make_target(url_to_conninfo(value, where), search_path_schema(value)))
         else:
             targets.append(make_target({**base, "dbname": value}))
     return dedupe(targets, where)

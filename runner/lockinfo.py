@@ -25,6 +25,7 @@ def inspect_lock(settings: Settings) -> dict[str, Any]:
         held = guarded(lambda: holder(conn, key))
         running = guarded(lambda: peers(conn, "running"))
         waiting = guarded(lambda: peers(conn, "waiting"))
+        blocked_by = guarded(lambda: waits_for_table_locks(conn, running))
     migration = None
     for b in running:
         m = RUNNING.match(b.application_name or "")
@@ -39,7 +40,21 @@ def inspect_lock(settings: Settings) -> dict[str, Any]:
         "running_migration": migration,
         "running_backends": [asdict(b) for b in running],
         "waiters": [asdict(b) for b in waiting],
+        "blocked_by": blocked_by,
     }
+
+
+def waits_for_table_locks(conn: Any, running: list[Any]) -> list[dict[str, Any]]:
+    """Sessions holding (or queued before) a table lock the running migration waits for."""
+    from runner.observe import blocking_sessions
+
+    out = []
+    for b in running:
+        for s in blocking_sessions(conn, b.pid):
+            row = asdict(s)
+            row["waiter_pid"] = b.pid
+            out.append(row)
+    return out
 
 
 def render_lock(info: dict[str, Any]) -> str:
@@ -62,6 +77,15 @@ def render_lock(info: dict[str, Any]) -> str:
             lines.append(f"running migration: {info['running_migration']}")
         for b in info["running_backends"]:
             lines.append(f"  worker pid {b['pid']} state {b['state']}: {(b['query'] or '')[:200]}")
+    for s in info.get("blocked_by") or []:
+        want = s["waiting_for"] or {}
+        age = s["transaction_age_s"]
+        lines.append(
+            f"  worker pid {s['waiter_pid']} waits for {want.get('mode')} on "
+            f"{want.get('relation')}, blocked by pid {s['pid']} user {s['user']} "
+            f"{s['application_name']!r} client {s['client_addr'] or 'local'} state {s['state']} "
+            f"xact age {f'{age:.1f}s' if age is not None else '-'}: {s['query'] or ''}"
+        )
     for w in info["waiters"]:
         lines.append(
             f"waiter: pid {w['pid']} {w['application_name']!r} client {w['client_addr'] or 'local'}"

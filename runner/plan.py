@@ -78,8 +78,23 @@ def ordered_applied(applied: Sequence[str]) -> list[str]:
     return sorted(set(applied), key=js_sort_key)
 
 
-def plan_up(available: Sequence[Migration], applied: Sequence[str], to: str | None = None) -> Plan:
+def plan_up(
+    available: Sequence[Migration],
+    applied: Sequence[str],
+    to: str | None = None,
+    *,
+    from_: str | None = None,
+    name: str | None = None,
+) -> Plan:
+    """``up``; ``from_`` and ``name`` are ``db:migrate --from`` / ``--name`` (see
+    :func:`select_from` and :func:`select_name`)."""
     todo = pending(available, applied)
+    if name is not None:
+        return select_name(available, todo, name, to, from_)
+    if from_ is not None:
+        todo = select_from(available, todo, from_)
+        if to is not None and not any(m.name.startswith(to) for m in todo):
+            return Plan("up", (), note=f"Migration {to} is not pending after {from_}")
     if to is not None:
         found = find([m.name for m in available], to)
         if found is None:
@@ -90,10 +105,49 @@ def plan_up(available: Sequence[Migration], applied: Sequence[str], to: str | No
         idx = next(i for i, m in enumerate(todo) if m.name == to)
         todo = todo[: idx + 1]
     if not todo:
-        return Plan(
-            "up", (), note="No migrations were executed, database schema was already up to date."
-        )
+        return Plan("up", (), note=UP_TO_DATE)
     return Plan("up", tuple(todo))
+
+
+UP_TO_DATE = "No migrations were executed, database schema was already up to date."
+
+
+def select_name(
+    available: Sequence[Migration],
+    todo: list[Migration],
+    name: str,
+    to: str | None,
+    from_: str | None,
+) -> Plan:
+    """``db:migrate --name NAME``: only that migration, found like umzug v2 finds it (exact
+    name, else the first whose name starts with NAME); it must be pending. As in sequelize-cli
+    it runs even when earlier migrations are pending, and a database with nothing pending at
+    all answers "up to date" before NAME is looked at."""
+    if to is not None or from_ is not None:
+        raise SourceError("--name cannot be combined with --to or --from")
+    if not todo:
+        return Plan("up", (), note=UP_TO_DATE)
+    found = find([m.name for m in available], name)
+    if found is None:
+        raise SourceError(f"--name {name!r}: no such migration in the migrations folder")
+    chosen = next((m for m in todo if m.name == found), None)
+    if chosen is None:
+        raise SourceError(f"--name {name!r}: migration {found} is not pending")
+    return Plan("up", (chosen,))
+
+
+def select_from(
+    available: Sequence[Migration], todo: list[Migration], from_: str
+) -> list[Migration]:
+    """``db:migrate --from NAME``: the pending migrations AFTER NAME (NAME itself excluded),
+    as sequelize-cli 6.6.5 + umzug v2 do. sequelize-cli requires NAME to be the exact name of
+    a pending migration and otherwise runs nothing ("up to date"); so does migrunner."""
+    if from_ not in {m.name for m in todo}:
+        return []
+    names = [m.name for m in available]
+    start = next(i for i, n in enumerate(names) if n.startswith(from_))
+    after = set(names[start + 1 :])
+    return [m for m in todo if m.name in after]
 
 
 def plan_down(

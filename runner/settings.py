@@ -112,6 +112,7 @@ class Settings:
     search_dirs: tuple[Path, ...] = ()
     identity: Identity = field(default_factory=lambda: Identity(host="localhost"))
     config_source: str = ""
+    app: Any = field(default=None, repr=False, compare=False)  # the AppConfig, when one was read
 
     @property
     def password(self) -> str | None:
@@ -128,11 +129,17 @@ def url_to_conninfo(url: str, what: str) -> dict[str, str]:
             f"malformed database URL ({what}): expected postgres:// or postgresql://"
             + (f", got {scheme}://" if scheme and len(scheme) < 20 else "")
         )
+    from runner.dburl import split_dbmate_params
+
+    libpq_url, extra = split_dbmate_params(url)  # dbmate's ?search_path=, ?socket=
     try:
-        parsed = conninfo_to_dict(url)
+        parsed = conninfo_to_dict(libpq_url)
     except Exception as exc:
         raise ConfigError(f"malformed database URL ({what}): {redact(str(exc), url)}") from None
     out = {k: str(v) for k, v in parsed.items() if v is not None}
+    if extra.get("options") and out.get("options"):
+        extra["options"] = out["options"] + " " + extra["options"]
+    out.update(extra)
     port = out.get("port", "")
     if port and not all(p.isdigit() for p in port.split(",")):
         raise ConfigError(f"malformed database URL ({what}): port must be a number")
@@ -238,6 +245,10 @@ def resolve(
 
     table = opts.table or (getattr(app, "storage_table", None) if app else None) or DEFAULT_TABLE
     schema = opts.schema or (getattr(app, "storage_schema", None) if app else None) or None
+    if schema is None and source in ("MIGRUNNER_DIRECT_URL", "--url", "DATABASE_URL"):
+        from runner.dburl import search_path_schema  # dbmate: tables in the path's 1st schema
+
+        schema = search_path_schema(direct or opts.url or environ.get("DATABASE_URL"))
     check_identifier(table, "table")
     if schema is not None:
         check_identifier(schema, "schema")
@@ -282,6 +293,7 @@ def resolve(
         search_dirs=search_dirs,
         identity=Identity.from_env(environ),
         config_source=source,
+        app=app,
     )
 
 

@@ -11,12 +11,23 @@ newer than that is reported as a syntax error — upgrade pglast with the server
 A section header is ``-- migrate:up`` or ``-- migrate:down`` at the start of a line, optionally
 followed by ``transaction:false`` (run statement by statement in autocommit, e.g. for
 ``CREATE INDEX CONCURRENTLY``). Only blank lines and comments may precede ``-- migrate:up``.
+
+Read as dbmate reads it:
+
+* a section's statements are split only when that section is about to run, so a syntax error
+  in a ``-- migrate:down`` section never blocks ``up`` (dbmate reads a down section only to roll
+  back); the headers themselves are checked for every file;
+* header options are ``key:value`` words; ``transaction:false`` is the only one with a meaning,
+  anything else (a typo, another tool's option) is ignored with a notice, as dbmate ignores it.
+
+A Sequelize v7 folder migration (``NAME/up.sql`` and ``NAME/down.sql``) holds plain SQL: each
+file is one section, without headers.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.errors import SourceError
@@ -29,6 +40,7 @@ MAX_BYTES = 64 * 1024 * 1024  # a bigger "migration" is a data load: use psql or
 class Statement:
     sql: str
     line: int  # 1-based line of the statement's first character in the file
+    file: Path | None = field(default=None, compare=False)  # set when not the migration's path
 
 
 @dataclass(frozen=True)
@@ -44,9 +56,48 @@ class Section:
 
 
 @dataclass(frozen=True)
+class RawSection:
+    """A section found by its header; its body is split into statements on first use."""
+
+    direction: str
+    declared: bool | None
+    body: str
+    first_line: int  # file line of the body's first line
+    header_line: int
+    file: Path
+
+
 class SqlMigration:
-    up: Section
-    down: Section | None
+    """A parsed `.sql` migration: ``up`` and ``down`` sections, split lazily."""
+
+    def __init__(
+        self, path: Path, raw: dict[str, RawSection], notices: tuple[str, ...] = ()
+    ) -> None:
+        self.path = path
+        self.raw = raw
+        self.notices = notices
+        self._split: dict[str, Section] = {}
+
+    def section(self, direction: str) -> Section | None:
+        if direction not in self.raw:
+            return None
+        if direction not in self._split:
+            r = self.raw[direction]
+            stmts = split_statements(r.file, r.body, first_line=r.first_line)
+            if r.file != self.path:
+                stmts = tuple(Statement(st.sql, st.line, r.file) for st in stmts)
+            self._split[direction] = Section(direction, r.declared, stmts, r.header_line)
+        return self._split[direction]
+
+    @property
+    def up(self) -> Section:
+        section = self.section("up")
+        assert section is not None
+        return section
+
+    @property
+    def down(self) -> Section | None:
+        return self.section("down")
 
 
 def decode(path: Path, data: bytes) -> str:
@@ -60,38 +111,63 @@ def decode(path: Path, data: bytes) -> str:
     return text.removeprefix("\ufeff")
 
 
-def parse_options(path: Path, line: int, rest: str) -> bool | None:
-    """The section's declared transaction mode; None when it declares none."""
+def parse_options(path: Path, line: int, rest: str, notices: list[str]) -> bool | None:
+    """The section's declared transaction mode; None when it declares none.
+
+    dbmate's rule: whitespace-separated ``key:value`` words; only ``transaction:false`` turns
+    the transaction off. Every other word is ignored, with a notice naming file and line.
+    """
     transactional: bool | None = None
     for opt in rest.split():
         key, _, value = opt.partition(":")
         if key == "transaction" and value in ("true", "false"):
             transactional = value == "true"
         else:
-            raise SourceError(
-                f"{path}:{line}: unknown section option {opt!r} (known: transaction:false)"
+            notices.append(
+                f"{path}:{line}: ignoring unknown section option {opt!r} "
+                "(migrunner and dbmate know only transaction:false)"
             )
     return transactional
 
 
+def read_limited(path: Path) -> bytes:
+    try:
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            raise SourceError(
+                f"{path}: {size / 2**20:.0f} MiB is too large for a SQL migration "
+                f"(limit {MAX_BYTES // 2**20} MiB); load bulk data with COPY or psql"
+            )
+        return path.read_bytes()
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read migration file: {exc.strerror}") from None
+
+
+def parse_folder_migration(folder: Path) -> SqlMigration:
+    """Sequelize v7's form: ``folder/up.sql`` and optional ``folder/down.sql``, plain SQL."""
+    raw: dict[str, RawSection] = {}
+    for direction in ("up", "down"):
+        file = folder / f"{direction}.sql"
+        if direction == "down" and not file.exists():
+            continue
+        text = decode(file, read_limited(file))
+        raw[direction] = RawSection(direction, None, text, 1, 1, file)
+    return SqlMigration(folder, raw)
+
+
 def parse_sql_migration(path: Path, data: bytes | None = None) -> SqlMigration:
-    """Parse a `.sql` migration file; every problem is a SourceError naming file and line."""
+    """Parse a `.sql` migration's headers; every problem is a SourceError naming file and
+    line. Statements are split when a section is first used (:meth:`SqlMigration.section`)."""
     if data is None:
-        try:
-            size = path.stat().st_size
-            if size > MAX_BYTES:
-                raise SourceError(
-                    f"{path}: {size / 2**20:.0f} MiB is too large for a SQL migration "
-                    f"(limit {MAX_BYTES // 2**20} MiB); load bulk data with COPY or psql"
-                )
-            data = path.read_bytes()
-        except OSError as exc:
-            raise SourceError(f"{path}: cannot read migration file: {exc.strerror}") from None
+        if path.is_dir():
+            return parse_folder_migration(path)
+        data = read_limited(path)
     text = decode(path, data)
     lines = text.splitlines(keepends=True)
+    notices: list[str] = []
     headers: list[tuple[int, str, bool | None]] = []  # (line index, direction, transactional)
-    for i, raw in enumerate(lines):
-        m = HEADER.match(raw.rstrip("\r\n"))
+    for i, raw_line in enumerate(lines):
+        m = HEADER.match(raw_line.rstrip("\r\n"))
         if not m:
             continue
         direction = m.group(1)
@@ -102,7 +178,7 @@ def parse_sql_migration(path: Path, data: bytes | None = None) -> SqlMigration:
             )
         if any(h[1] == direction for h in headers):
             raise SourceError(f"{path}:{i + 1}: second '-- migrate:{direction}' section")
-        headers.append((i, direction, parse_options(path, i + 1, m.group(2))))
+        headers.append((i, direction, parse_options(path, i + 1, m.group(2), notices)))
     if not headers or headers[0][1] != "up":
         raise SourceError(
             f"{path}:1: a SQL migration must start with a '-- migrate:up' section"
@@ -111,13 +187,12 @@ def parse_sql_migration(path: Path, data: bytes | None = None) -> SqlMigration:
     preamble = "".join(lines[: headers[0][0]])
     if strip_comments(preamble).strip():
         raise SourceError(f"{path}:1: SQL before the '-- migrate:up' header")
-    sections: dict[str, Section] = {}
+    raw: dict[str, RawSection] = {}
     for n, (idx, direction, transactional) in enumerate(headers):
         end = headers[n + 1][0] if n + 1 < len(headers) else len(lines)
         body = "".join(lines[idx + 1 : end])
-        stmts = split_statements(path, body, first_line=idx + 2)
-        sections[direction] = Section(direction, transactional, stmts, idx + 1)
-    return SqlMigration(up=sections["up"], down=sections.get("down"))
+        raw[direction] = RawSection(direction, transactional, body, idx + 2, idx + 1, path)
+    return SqlMigration(path, raw, tuple(notices))
 
 
 def strip_comments(sql: str) -> str:

@@ -244,14 +244,8 @@ function describeError(err, file) {
   return out;
 }
 
-async function loadMigration(file) {
-  try {
-    return require(file);
-  } catch (err) {
-    if (err && err.code === 'ERR_REQUIRE_ESM') return import(pathToFileURL(file).href);
-    throw err;
-  }
-}
+// CommonJS, ESM and TypeScript migrations (shim/load-migration.js).
+const { loadMigration } = require('./load-migration');
 
 class Bridge {
   constructor() {

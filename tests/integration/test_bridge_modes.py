@@ -211,6 +211,14 @@ def test_dry_run_of_a_pool_mode_migration_changes_nothing(
         rehearsed = "runs outside a transaction; not rehearsed: pool mode, because" not in header
         assert rehearsed == (pattern.mode == "atomic"), header
     assert "would also discard a statement connection" in headers[1]
+    # --analyze: what would run in pool mode is rehearsed on a scratch copy, as the real run
+    analyzed = run_cli(
+        "up", "--dry-run", "--analyze", "--url", db_url, "--migrations-path", str(PARITY)
+    )
+    assert analyzed.returncode == 0, analyzed.stderr
+    assert f"{PATTERNS[0].name}: it runs in pool mode (the rollback of a transaction" in (
+        analyzed.stdout
+    )
     after = dump_snapshot(db_url)
     assert (after.schema, after.data, after.meta) == (before.schema, before.data, before.meta)
 

@@ -99,3 +99,35 @@ def test_targets_match_by_prefix_like_umzug() -> None:
     assert names(plan_up(ALL, ["001-a.js"], to="003-c")) == ["002-b.sql", "003-c.js"]
     with pytest.raises(SourceError, match="not applied"):
         plan_down(ALL, applied, name="004")
+
+
+# -- db:migrate --name / --from (sequelize-cli 6.6.5 + umzug v2) -------------------------------
+
+
+def _migs(*names: str) -> list[Migration]:
+    return [Migration(n, Path(n), "js") for n in names]
+
+
+def test_name_runs_only_that_pending_migration_found_by_prefix() -> None:
+    av = _migs("1-a.js", "2-b.js", "3-c.js")
+    assert [m.name for m in plan_up(av, [], name="2").steps] == ["2-b.js"]
+    with pytest.raises(SourceError, match="is not pending"):
+        plan_up(av, ["2-b.js"], name="2-b")
+    with pytest.raises(SourceError, match="no such migration"):
+        plan_up(av, [], name="9")
+    with pytest.raises(SourceError, match="cannot be combined"):
+        plan_up(av, [], "3-c.js", name="2")
+    assert not plan_up(av, ["1-a.js", "2-b.js", "3-c.js"], name="9")  # nothing pending at all
+
+
+def test_from_runs_the_pending_ones_after_it_excluded() -> None:
+    av = _migs("1-a.js", "2-b.js", "3-c.js", "4-d.js")
+    assert [m.name for m in plan_up(av, [], from_="2-b.js").steps] == ["3-c.js", "4-d.js"]
+    assert [m.name for m in plan_up(av, [], "3-c.js", from_="1-a.js").steps] == [
+        "2-b.js",
+        "3-c.js",
+    ]
+    # sequelize-cli wants the exact name of a pending migration, else runs nothing
+    assert not plan_up(av, ["2-b.js"], from_="2-b.js")
+    assert not plan_up(av, [], from_="2")
+    assert not plan_up(av, [], "1-a.js", from_="2-b.js")

@@ -22,17 +22,45 @@ def test_patterns_match_sequelize_cli() -> None:
     assert classify("001-x.cts") == "js"
     assert classify("001-x.d.ts") is None
     assert classify("001-x.sql") == "sql"
-    assert classify("001-x.mjs") is None
+    assert classify("001-x.mjs") == "js"
+    assert classify("001-x.mts") == "js"
+    assert classify("001-x.d.mts") is None
     assert classify("README.md") is None
+    # dbmate's rule: a .sql migration's name starts with its version
+    assert classify("schema.sql") is None
+    assert classify("v2-x.sql") is None
 
 
 def test_discover_orders_by_name_and_ignores_others(tmp_path: Path) -> None:
-    touch(tmp_path, "b.js", "a.sql", "10-x.js", "9-x.js", "types.d.ts", "README.md", ".keep")
+    touch(tmp_path, "b.js", "1-a.sql", "10-x.js", "9-x.js", "types.d.ts", "README.md", ".keep")
+    touch(tmp_path, "b.js.map", "c.d.cts", "schema.sql")
     (tmp_path / "sub").mkdir()
     touch(tmp_path / "sub", "000-hidden.js")
     src = discover(tmp_path)
-    assert [m.name for m in src.migrations] == ["10-x.js", "9-x.js", "a.sql", "b.js"]
-    assert src.ignored == ("README.md", "types.d.ts")
+    assert [m.name for m in src.migrations] == ["1-a.sql", "10-x.js", "9-x.js", "b.js"]
+    # compiler by-products are skipped silently; schema.sql is named with dbmate's reason
+    assert src.ignored == ("README.md", "schema.sql")
+    assert src.notices() == [
+        f"ignoring {tmp_path / 'README.md'}: not a .js/.cjs/.mjs/.ts/.cts/.mts/.sql migration",
+        f"ignoring {tmp_path / 'schema.sql'}: a .sql migration's name starts with its version "
+        "(digits), as in dbmate",
+    ]
+
+
+def test_folder_migration_is_one_sql_migration(tmp_path: Path) -> None:
+    (tmp_path / "20240102-users").mkdir()
+    (tmp_path / "20240102-users" / "up.sql").write_text("CREATE TABLE u (id int);")
+    (tmp_path / "20240102-users" / "down.sql").write_text("DROP TABLE u;")
+    (tmp_path / "20240103-empty").mkdir()  # no up.sql: not a migration
+    touch(tmp_path, "20240101-a.js")
+    src = discover(tmp_path)
+    assert [(m.name, m.kind) for m in src.migrations] == [
+        ("20240101-a.js", "js"),
+        ("20240102-users", "sql"),
+    ]
+    first = src.migrations[1].checksum
+    (tmp_path / "20240102-users" / "down.sql").write_text("DROP TABLE u CASCADE;")
+    assert discover(tmp_path).migrations[1].checksum != first
 
 
 def test_sort_is_javascript_utf16_order(tmp_path: Path) -> None:

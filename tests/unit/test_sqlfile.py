@@ -66,7 +66,6 @@ def test_transaction_false_option() -> None:
         ("SELECT 1;\n-- migrate:up\nSELECT 2;\n", "SQL before the '-- migrate:up' header"),
         ("-- migrate:up\nSELECT 1;\n-- migrate:up\nSELECT 2;\n", "second '-- migrate:up'"),
         ("-- migrate:sideways\nSELECT 1;\n", "unknown section"),
-        ("-- migrate:up transaction:maybe\nSELECT 1;\n", "unknown section option"),
     ],
 )
 def test_malformed_sections(text: str, message: str) -> None:
@@ -76,7 +75,7 @@ def test_malformed_sections(text: str, message: str) -> None:
 
 def test_syntax_error_names_the_line() -> None:
     with pytest.raises(SourceError, match=r"m\.sql:4: syntax error at or near \"SELEC\".*42601"):
-        parse("-- migrate:up\nSELECT 1;\n\nSELEC 2;\n")
+        _ = parse("-- migrate:up\nSELECT 1;\n\nSELEC 2;\n").up
 
 
 def test_non_utf8_names_the_line() -> None:
@@ -93,3 +92,37 @@ def test_error_line_from_server_position() -> None:
     stmt = m.up.statements[0]
     assert error_line(stmt, stmt.sql.index("nope") + 1) == 4
     assert error_line(stmt, None) == 2
+
+
+def test_down_section_is_split_only_when_needed() -> None:
+    # dbmate reads a down section only to roll back: a syntax error there must not block up
+    m = parse("-- migrate:up\nCREATE TABLE t (a int);\n-- migrate:down\nDROP TABEL t;\n")
+    assert [s.sql for s in m.up.statements] == ["CREATE TABLE t (a int)"]
+    with pytest.raises(SourceError, match=r"m\.sql:4: syntax error at or near \"TABEL\""):
+        _ = m.down
+
+
+def test_unknown_section_options_are_ignored_with_a_notice() -> None:
+    m = parse("-- migrate:up transaction:maybe foo:bar\nSELECT 1;\n-- migrate:down\nSELECT 2;\n")
+    assert m.up.declared is None and m.up.transactional
+    assert m.notices == (
+        "m.sql:1: ignoring unknown section option 'transaction:maybe' "
+        "(migrunner and dbmate know only transaction:false)",
+        "m.sql:1: ignoring unknown section option 'foo:bar' "
+        "(migrunner and dbmate know only transaction:false)",
+    )
+
+
+def test_folder_migration_files_are_plain_sql(tmp_path: Path) -> None:
+    folder = tmp_path / "20240101-x"
+    folder.mkdir()
+    (folder / "up.sql").write_text("CREATE TABLE t (a int);\n\nINSERT INTO t VALUES (1);\n")
+    m = parse_sql_migration(folder)
+    assert [(s.line, s.file) for s in m.up.statements] == [
+        (1, folder / "up.sql"),
+        (3, folder / "up.sql"),
+    ]
+    assert m.down is None
+    (folder / "down.sql").write_text("\nDROP TABL t;\n")
+    with pytest.raises(SourceError, match=r"down\.sql:2: syntax error"):
+        _ = parse_sql_migration(folder).down
