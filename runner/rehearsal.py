@@ -184,15 +184,15 @@ def rehearse_on_copy(
                 if watching:
                     observer.begin(mig.name, transactional, "copy", fresh=True)
                 try:
-                    result = apply_on_copy(
-                        migrator, conn, mig, executors, transactional, with_ts, copy
-                    )
+                    result = apply_on_copy(migrator, conn, mig, executors, transactional, with_ts)
                 except AtomicModeUnavailable:
                     rollback(conn)  # pool mode, as the real run (on the copy: safe to run)
                     if watching:
                         observer.discard()
                         observer.begin(mig.name, False, "copy", note="pool mode", fresh=True)
-                    result = apply_on_copy(migrator, conn, mig, executors, False, with_ts, copy)
+                    result = apply_on_copy(
+                        migrator, conn, mig, executors, False, with_ts, pool=copy
+                    )
                     transactional = False
                 except MigrationFailed as err:
                     rollback(conn)
@@ -209,7 +209,7 @@ def rehearse_on_copy(
                         observer.begin(mig.name, False, "copy", note=note, fresh=True)
                         assert observer.current is not None
                         observer.current.sqlstates.append(err.sqlstate or "")
-                    result = apply_on_copy(migrator, conn, mig, executors, False, with_ts, copy)
+                    result = apply_on_copy(migrator, conn, mig, executors, False, with_ts)
                     transactional = False
                 observer.end()
                 if watching:
@@ -227,15 +227,17 @@ def apply_on_copy(
     executors: Executors,
     transactional: bool,
     with_ts: bool,
-    copy: Settings | None = None,
+    pool: Settings | None = None,
 ) -> RunResult:
+    """``pool``: the copy's settings, to run a JS migration the real run runs in pool mode
+    because atomic mode cannot represent it, in pool mode too (its statements unobserved);
+    other non-transactional JS runs on this one observed connection, as good a rehearsal."""
     executor = executors.for_(mig)
-    if mig.kind == "js" and not transactional and copy is not None:
-        # the real run's pool mode: real connections to the copy (their statements unobserved)
+    if pool is not None:
         from runner.executors import RunResult as Result
 
         name = f"migrunner analyze copy: {mig.name}".encode()[:63].decode("utf-8", "ignore")
-        executors.js.run_pool(mig, "up", conn, copy.conninfo, name)
+        executors.js.run_pool(mig, "up", conn, pool.conninfo, name)
         conn.execute(b"BEGIN")
         migrator.meta.log(conn, mig.name, with_ts)
         conn.execute(b"COMMIT")
