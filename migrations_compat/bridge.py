@@ -38,10 +38,11 @@ from psycopg import pq
 
 from migrations_compat.bridge_exec import (
     ExecutedStatement,
+    RowSink,
     StatementError,
     StatementExecutor,
 )
-from migrations_compat.bridge_sql import first_line
+from migrations_compat.bridge_sql import LABEL_INTROSPECTION, analyze, first_line
 from runner.errors import (
     AtomicModeUnavailable,
     ConfigError,
@@ -60,6 +61,14 @@ _STOP_TIMEOUT = 3.0
 _STDERR_TAIL = 30
 _SHORT_SECRET = 4
 #: Config keys about reaching the database: never sent to node (the bridge is the connection).
+#: Dry run: the savepoint a migration with connections of its own is rolled back to.
+_REHEARSAL = "migrunner_rehearsal"
+#: How many floating statements the warning names.
+_FLOATING_SHOWN = 3
+NOT_REHEARSED_OWN_CONNECTION = (
+    "not rehearsed: opens its own database connection (read-only during a dry run, and it "
+    "cannot see the rehearsal's changes)"
+)
 _CONNECTION_KEYS = frozenset(
     {"host", "port", "username", "password", "database", "url", "use_env_variable", "replication"}
 )
@@ -88,6 +97,11 @@ class BridgeOptions:
     #: (PGOPTIONS, unless already set). Such a connection waiting for a lock held by the
     #: runner's open transaction would otherwise wait forever; None disables.
     own_connection_lock_timeout: float | None = 60.0
+    #: Refuse queries a migration issues after up()/down() resolved (and fail it), instead of
+    #: running them in its transaction and warning.
+    strict_await: bool = False
+    #: Seconds to wait, after up()/down() resolved, for queries nobody awaited to finish.
+    settle_timeout: float = 120.0
 
 
 @dataclass
@@ -98,6 +112,8 @@ class BridgeOutcome:
     sequelize_version: str
     sequelize_path: str
     warnings: list[str] = field(default_factory=list)
+    #: Dry run: why the migration could not be rehearsed faithfully (None: it was).
+    not_rehearsed: str | None = None
 
 
 @dataclass(frozen=True)
@@ -400,6 +416,7 @@ class NodeBridge:
         self._next_id = 0
         self._current: str | None = None
         self._late: list[dict[str, Any]] = []
+        self._dry = False
 
     @property
     def node_pid(self) -> int | None:
@@ -413,6 +430,16 @@ class NodeBridge:
         if self._node is None:
             self._spawn()
 
+    def rehearsal(self) -> None:
+        """Everything that follows is a dry run: every connection a migration opens itself
+        (even while its file is loaded) is read-only. Call before the first migration."""
+        if self._dry:
+            return
+        self._dry = True
+        if self._node is not None:
+            with contextlib.suppress(_NodeGone):
+                self._node.send({"t": "init", "dry": True})
+
     def close(self) -> None:
         """Stop node. Reports queries that migrations issued after they had finished."""
         node, self._node = self._node, None
@@ -423,7 +450,7 @@ class NodeBridge:
             if msg.get("t") == "late":
                 self._late.append(msg)
         for msg in self._late:
-            self.log.error(self._late_message(msg) + " (it was not executed)")
+            self.log.error(self._late_message(msg))
         self._late.clear()
 
     def __enter__(self) -> NodeBridge:
@@ -465,7 +492,13 @@ class NodeBridge:
             ) from exc
         # Options travel on the socket, not in argv where any local user's ps could read them.
         with contextlib.suppress(_NodeGone):  # reported with node's stderr by _started()
-            self._node.send({"t": "init", "sequelizeOptions": options})
+            floating = {
+                "strict": self.options.strict_await,
+                "settleMs": max(1, int(self.options.settle_timeout * 1000)),
+            }
+            self._node.send(
+                {"t": "init", "sequelizeOptions": options, "floating": floating, "dry": self._dry}
+            )
         return self._node
 
     def _started(self) -> _NodeProcess:
@@ -554,7 +587,7 @@ class NodeBridge:
         node = self._started()
         if self._late:
             late = self._late.pop(0)
-            raise MigrationFailed(self._late_message(late) + " (it was not executed)")
+            raise MigrationFailed(self._late_message(late))
         executor = StatementExecutor(
             conn, transactional=transactional, dry_run=dry_run, isolation=isolation
         )
@@ -562,7 +595,11 @@ class NodeBridge:
         self._next_id += 1
         run_id = self._next_id
         self._current = name
+        floating: list[str] = []  # statements issued after up()/down() resolved
         try:
+            if dry_run:
+                # A migration that turns out to use its own connection is rolled back to here.
+                conn.execute(f"SAVEPOINT {_REHEARSAL}", prepare=False)
             node.send(
                 {
                     "t": "run",
@@ -571,22 +608,35 @@ class NodeBridge:
                     "dir": direction,
                     "sv": conn.info.parameter_status("server_version") or "",
                     "dbv": _semver(conn.info.server_version),
+                    "dry": dry_run,
                 }
             )
             while True:
                 msg = node.recv()
                 kind = msg.get("t")
                 if kind == "q":
-                    reply = executor.execute(int(msg.get("c", 0)), msg["sql"], msg.get("p"))
+                    query_id = msg["id"]
+                    if msg.get("fl"):
+                        floating.append(str(msg["sql"]))
+                    reply = executor.execute(
+                        int(msg.get("c", 0)),
+                        msg["sql"],
+                        msg.get("p"),
+                        rows=_row_sender(node, query_id),
+                    )
                     reply["t"] = "r"
-                    reply["id"] = msg["id"]
+                    reply["id"] = query_id
                     node.send(reply)
                 elif kind == "done" and msg.get("id") == run_id:
                     break
                 else:
                     self._stray(node, msg)
             node.drain_output()
+            if dry_run and msg.get("own"):
+                return self._not_rehearsed(conn, executor, msg, name)
             problem = executor.finish()
+            if dry_run:
+                conn.execute(f"RELEASE SAVEPOINT {_REHEARSAL}", prepare=False)
         except _NodeGone as exc:
             tail = self._tail(node, exc)
             self.close()
@@ -607,14 +657,17 @@ class NodeBridge:
             self.log.warn(f"{name}: {warning}", migration=name)
         if self._late:
             # Reported while this migration ran, by an earlier one; fail before it is recorded.
-            raise MigrationFailed(self._late_message(self._late.pop(0)) + " (it was not executed)")
+            raise MigrationFailed(self._late_message(self._late.pop(0)))
         sticky = executor.non_transactional_error
         if sticky is not None:
             raise self._statement_failure(name, direction, sticky)
+        running = [str(sql) for sql in msg.get("running") or []]
         if not msg.get("ok"):
             err = msg.get("err") or {}
             sqlstate = err.get("code") or None
             text = self._js_failure(name, direction, err)
+            if err.get("sql") is not None and str(err["sql"]) in {*floating, *running}:
+                text += " (not awaited)"
             if err.get("external") and sqlstate == "55P03":
                 # Most likely waiting for a lock its own (migrunner's) transaction holds: a
                 # retry would wait again. Not retryable; say what to do instead.
@@ -624,16 +677,19 @@ class NodeBridge:
                 )
                 sqlstate = None
             raise MigrationFailed(text, sqlstate=sqlstate)
-        for key, what in (("running", "still running when"), ("late", "issued after")):
-            if msg.get(key):
-                raise MigrationFailed(
-                    self._secrets.redact(
-                        f"{name} ({direction}): query {what} {direction}() resolved: "
-                        f"{first_line(str(msg[key][0]))} — missing await?"
+        if self.options.strict_await:
+            for key, what in (("running", "still running when"), ("late", "issued after")):
+                if msg.get(key):
+                    raise MigrationFailed(
+                        self._secrets.redact(
+                            f"{name} ({direction}): query {what} {direction}() resolved: "
+                            f"{first_line(str(msg[key][0]))} — missing await? (--strict-await)"
+                        )
                     )
-                )
         if problem is not None:
             raise MigrationFailed(self._secrets.redact(f"{name} ({direction}): {problem}"))
+        if running or floating:
+            self._warn_floating(name, direction, running + floating, dry_run)
         return BridgeOutcome(
             statements=executor.statements,
             sequelize_version=self.sequelize_version,
@@ -653,6 +709,59 @@ class NodeBridge:
         from migrations_compat.bridge_pool import run_in_pool
 
         run_in_pool(self, Path(path).resolve(), direction, conn, connection)
+
+    def _warn_floating(
+        self, name: str, direction: str, statements: list[str], dry_run: bool
+    ) -> None:
+        """One warning per migration naming what it left un-awaited (its own statements first;
+        Sequelize's connection set-up and catalog reads only when nothing else floated)."""
+        own = [sql for sql in statements if analyze(sql)[0].label != LABEL_INTROSPECTION]
+        shown = own or statements
+        listed = "; ".join(first_line(sql, 120).rstrip("; ") for sql in shown[:_FLOATING_SHOWN])
+        if len(shown) > _FLOATING_SHOWN:
+            listed += f"; … ({len(shown) - _FLOATING_SHOWN} more)"
+        where = "the dry run's transaction" if dry_run else "the migration's transaction"
+        self.log.warn(
+            self._secrets.redact(
+                f"{name} ({direction}): not awaited: {listed}; they ran in {where}"
+            ),
+            migration=name,
+            floating=len(statements),
+        )
+
+    def _not_rehearsed(
+        self,
+        conn: psycopg.Connection[Any],
+        executor: StatementExecutor,
+        msg: Mapping[str, Any],
+        name: str,
+    ) -> BridgeOutcome:
+        """Dry run of a migration that opened connections of its own: those ran outside the
+        rehearsal (read-only), so the rehearsal says nothing reliable about it. A failure is
+        not reported as the migration's (its own connection could neither write nor see the
+        rehearsal's changes): its statements are rolled back and the dry run goes on."""
+        if msg.get("ok"):
+            executor.finish()
+            conn.execute(f"RELEASE SAVEPOINT {_REHEARSAL}", prepare=False)
+            reason = NOT_REHEARSED_OWN_CONNECTION
+        else:
+            conn.execute(
+                f"ROLLBACK TO SAVEPOINT {_REHEARSAL}; RELEASE SAVEPOINT {_REHEARSAL}",
+                prepare=False,
+            )
+            err = msg.get("err") or {}
+            failure = self._js_failure(name, None, err)
+            reason = (
+                f"{NOT_REHEARSED_OWN_CONNECTION}; it failed in the dry run "
+                f"({failure.split(': ', 1)[-1]}) and its statements were rolled back"
+            )
+        return BridgeOutcome(
+            statements=executor.statements,
+            sequelize_version=self.sequelize_version,
+            sequelize_path=self.sequelize_path,
+            warnings=list(executor.warnings),
+            not_rehearsed=reason,
+        )
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -690,11 +799,14 @@ class NodeBridge:
         return self._secrets.redact(f"exit code {code}" + (f": {tail}" if tail else ""))
 
     def _late_message(self, msg: Mapping[str, Any]) -> str:
+        """A query a migration issued after it had settled and its transaction had ended: it
+        was refused (never run in a later migration's transaction), so the run stops here."""
         name = Path(str(msg.get("file", "?"))).name
         direction = msg.get("dir", "up")
         return self._secrets.redact(
-            f"{name} ({direction}): query issued after {direction}() resolved: "
-            f"{first_line(str(msg.get('sql', '')))} — missing await?"
+            f"{name} ({direction}): query issued after {direction}() had finished and its "
+            f"transaction had ended; it was not executed: {first_line(str(msg.get('sql', '')))} "
+            "— await it (or return its promise)"
         )
 
     def _statement_failure(self, name: str, direction: str, err: StatementError) -> MigrationFailed:
@@ -725,6 +837,15 @@ class NodeBridge:
             elif err.get("line") and kind == "exception":
                 text += f" at {name}:{err['line']}"
         return self._secrets.redact(" ".join(text.split("\n")))
+
+
+def _row_sender(node: _NodeProcess, query_id: Any) -> RowSink:
+    """Where the chunks of a large result of query ``query_id`` go: straight to node."""
+
+    def send(chunk: dict[str, Any]) -> None:
+        node.send({"t": "rows", "id": query_id, **chunk})
+
+    return send
 
 
 def _semver(server_version: int) -> str:

@@ -30,8 +30,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import re
+import select
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,14 +165,25 @@ class StatementExecutor:
         self.abandoned: Abandoned | None = None
         self._saved_settings: dict[str, str | None] = {}
         self._encoding = conn.info.encoding
-        self._cursor = _raw_cursor(conn)
+        self._rows: RowSink | None = None
+        self._cursor: psycopg.RawCursor[Any] | None = None
         #: Optional: called after each executed query with (sql, conn, command tag, seconds).
         self.observer: Any = None
 
     # -- entry point -------------------------------------------------------------------------
 
-    def execute(self, client: int, sql: str, params: Sequence[Any] | None) -> dict[str, Any]:
-        """Execute one query of client ``client``; returns the reply for the JS side."""
+    def execute(
+        self,
+        client: int,
+        sql: str,
+        params: Sequence[Any] | None,
+        rows: RowSink | None = None,
+    ) -> dict[str, Any]:
+        """Execute one query of client ``client``; returns the reply for the JS side.
+
+        ``rows`` receives the chunks of a large result before the reply (see :func:`_stream`).
+        """
+        self._rows = rows
         values = _decode_params(params)
         if self.abandoned is not None:
             # Nothing more runs in this attempt; the migrator rolls it back and re-runs it.
@@ -245,7 +257,7 @@ class StatementExecutor:
         results: list[dict[str, Any]] = []
         for group in groups:
             if group[0].kind.is_transaction_control:
-                results.append(self._transaction_control(client, group[0]))
+                results.append(self._chained_control(client, group[0]))
             else:
                 results.extend(self._run_batch(client, None, group, values))
         return results
@@ -308,34 +320,66 @@ class StatementExecutor:
         trip. Anything else gets its savepoint in a round trip of its own first: the server
         parses a whole simple-protocol string before running any of it, so a syntax error would
         otherwise reject the savepoint too and leave the runner's transaction unrecoverable.
+        With parameters the extended protocol allows one statement per query: a write (an
+        INSERT / UPDATE with ``bind``, what models and ``bulkUpdate`` send) goes pipelined with
+        its savepoint in one round trip, its result whole; a read is streamed (three round
+        trips), as it is the kind of statement that returns many rows.
         """
-        cur = self._cursor
         combined = values is None and parsed
         try:
             if combined:
-                cur.execute(_WRAP_HEAD + text + _WRAP_TAIL, prepare=False)
-                results = list(_collect(cur, self._encoding))[1:-1]
+                results = self._stream(_WRAP_HEAD + text + _WRAP_TAIL, None, skip=1)[1:-1]
                 return results or [_empty_result("")]
-            if values is not None:
-                # Extended protocol: each statement is parsed on its own, so one round trip.
+            if values is not None and not _READS.match(text):
+                cur = self._pipeline_cursor()
                 with self.conn.pipeline():
                     self.conn.execute(f"SAVEPOINT {STATEMENT_SAVEPOINT}", prepare=False)
                     cur.execute(text, values, prepare=False)
                     self.conn.execute(f"RELEASE SAVEPOINT {STATEMENT_SAVEPOINT}", prepare=False)
-            else:
-                self.conn.execute(f"SAVEPOINT {STATEMENT_SAVEPOINT}", prepare=False)
-                cur.execute(text, prepare=False)
-                results = list(_collect(cur, self._encoding))
-                self.conn.execute(f"RELEASE SAVEPOINT {STATEMENT_SAVEPOINT}", prepare=False)
-                return results or [_empty_result("")]
-            return list(_collect(cur, self._encoding)) or [_empty_result("")]
+                res = cur.pgresult
+                return [_result_payload(res, self._encoding)] if res else [_empty_result("")]
+            self._run_control(f"SAVEPOINT {STATEMENT_SAVEPOINT}")
+            results = self._stream(text, values)
+            self._run_control(f"RELEASE SAVEPOINT {STATEMENT_SAVEPOINT}")
+            return results or [_empty_result("")]
         except psycopg.Error as exc:
             self._check_connection(exc)
             failure = _statement_error(exc, text, len(_WRAP_HEAD) if combined else 0)
             if self.conn.info.transaction_status == pq.TransactionStatus.INERROR:
                 self._run_control(_UNWRAP)
-            # else psycopg refused it before sending: the transaction is intact
+            # else refused before it was sent (a NUL in a parameter): nothing ran
             raise StatementFailure(failure) from None
+
+    def _pipeline_cursor(self) -> psycopg.RawCursor[Any]:
+        if self._cursor is None:
+            self._cursor = _raw_cursor(self.conn)
+        return self._cursor
+
+    def _stream(self, sql: str, values: list[Any] | None, skip: int = 0) -> list[dict[str, Any]]:
+        """Run ``sql`` and return its results; see :func:`_stream`. ``skip``: leading results
+        that belong to the runner's wrapping (not numbered for the JS side)."""
+        return _stream(self.conn, sql, values, self._encoding, self._rows, skip)
+
+    def _chained_control(self, client: int, piece: Piece) -> dict[str, Any]:
+        """``COMMIT AND CHAIN`` / ``ROLLBACK AND CHAIN``: the transaction's end, then at once a
+        new transaction of the same client (a savepoint like any other, so it has the runner's
+        transaction's characteristics, as the chained one had). Sent as is, it would end the
+        runner's own transaction and leave the migration half-applied."""
+        if not piece.chain:
+            return self._transaction_control(client, piece)
+        if self.tracker.transaction_of(client) is None:
+            err = StatementError(
+                f"{piece.command} AND CHAIN can only be used in transaction blocks",
+                "25P01",
+                piece.text,
+            )
+            self._record(piece.text, None, LABEL_TRANSACTION_CONTROL, err.sqlstate)
+            raise StatementFailure(err)
+        result = self._transaction_control(client, piece)
+        self._transaction_control(
+            client, Piece("BEGIN /* AND CHAIN */", Kind.BEGIN, command="BEGIN")
+        )
+        return result
 
     def _transaction_control(self, client: int, piece: Piece) -> dict[str, Any]:
         """Map the migration's transaction control onto savepoints of the runner's transaction.
@@ -460,10 +504,8 @@ class StatementExecutor:
         if any(piece.kind is Kind.RESET_ALL for piece in pieces):
             self._warn("RESET ALL in a non-transactional migration resets the runner's settings")
         label = _batch_label(pieces)
-        cur = self._cursor
         try:
-            cur.execute(sql, values, prepare=False)
-            results = list(_collect(cur, self._encoding)) or [_empty_result("")]
+            results = self._stream(sql, values) or [_empty_result("")]
         except psycopg.Error as exc:
             self._check_connection(exc)
             err = _statement_error(exc, sql, 0)
@@ -584,6 +626,136 @@ def _decode_params(params: Sequence[Any] | None) -> list[Any] | None:
     return out
 
 
+#: Rows per chunk of a result (libpq's chunked-rows mode): what Python holds of a large result
+#: at a time, and one protocol message to node. Smaller results travel whole in the reply.
+CHUNK_ROWS = 500
+
+#: Receives ``{"i": result index, "f": fields, "rows": [...]}`` for each chunk of a large result.
+RowSink = Callable[[dict[str, Any]], None]
+
+#: libpq >= 17 (psycopg's binary wheels ship one); with an older libpq results come whole.
+_CHUNKED = psycopg.capabilities.has_stream_chunked()
+_TUPLES_CHUNK = getattr(pq.ExecStatus, "TUPLES_CHUNK", None)
+_DONE_STATES = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK, pq.ExecStatus.EMPTY_QUERY)
+_BYTEA_OID = 17
+
+
+def _stream(
+    conn: psycopg.Connection[Any],
+    sql: str,
+    values: list[Any] | None,
+    encoding: str,
+    sink: RowSink | None,
+    skip: int = 0,
+) -> list[dict[str, Any]]:
+    """Run ``sql`` on ``conn`` and return every result as {c: command tag, f: [[name, oid]],
+    rows: [[text]]}, values as the server's text for the JS side's own type parsers.
+
+    Rows never accumulate here: libpq delivers them in chunks of :data:`CHUNK_ROWS` (chunked
+    rows mode), and once a result has more than one chunk every chunk but the last goes to
+    ``sink`` as it arrives; that result then carries ``s`` (rows sent ahead) and only its last
+    chunk. So a 1,000,000-row SELECT costs this process one chunk, as with a cursor, but a
+    small result still costs one round trip and one reply, and multi-statement strings work.
+    Simple protocol without ``values``; with them, the extended protocol (``$n``, one
+    statement). A failed statement raises its psycopg error once the server is done.
+    """
+    pgconn = conn.pgconn
+    with conn.lock:
+        if values is None:
+            pgconn.send_query(sql.encode(encoding))
+        else:
+            params, types, formats = _encode_values(values, encoding)
+            pgconn.send_query_params(sql.encode(encoding), params, types, formats)
+        try:
+            while pgconn.flush():
+                _wait(pgconn, write=True)
+            if _CHUNKED and sink is not None:
+                pgconn.set_chunked_rows_mode(CHUNK_ROWS)
+            return _read_results(pgconn, encoding, sink, skip)
+        except BaseException:
+            _abandon_query(conn)
+            raise
+
+
+def _read_results(
+    pgconn: pq.abc.PGconn, encoding: str, sink: RowSink | None, skip: int
+) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    error: psycopg.Error | None = None
+    held: dict[str, Any] | None = None  # the latest chunk of the result being streamed
+    sent = 0  # rows of that result already given to the sink
+    while (res := _next_result(pgconn)) is not None:
+        status = res.status
+        if status == _TUPLES_CHUNK:
+            chunk = _result_payload(res, encoding)
+            if held is not None and sink is not None:
+                sink({"i": len(results) - skip, "f": held["f"], "rows": held["rows"]})
+                sent += len(held["rows"])
+                chunk["c"] = chunk["c"] or held["c"]
+            held = chunk
+        elif status in _DONE_STATES and held is not None:
+            # the end of a chunked result: the tag may come with the last chunk or here
+            tag = res.command_status
+            if tag:
+                held["c"] = tag.decode(encoding)
+            if sent:
+                held["s"] = sent
+            results.append(held)
+            held, sent = None, 0
+        elif status in _DONE_STATES:
+            results.append(_result_payload(res, encoding))
+        elif status == pq.ExecStatus.FATAL_ERROR:
+            if error is None:
+                error = psycopg.errors.error_from_result(res, encoding=encoding)
+            held, sent = None, 0
+        elif status == pq.ExecStatus.COPY_IN:
+            pgconn.put_copy_end(b"COPY FROM STDIN is not supported in a JS migration")
+        elif status == pq.ExecStatus.COPY_OUT:
+            while True:
+                while (got := pgconn.get_copy_data(1))[0] == 0:
+                    _wait(pgconn)
+                if got[0] < 0:
+                    break
+            error = error or psycopg.NotSupportedError(
+                "COPY TO STDOUT is not supported in a JS migration"
+            )
+    if error is not None:
+        raise error
+    return results
+
+
+def _next_result(pgconn: pq.abc.PGconn) -> pq.abc.PGresult | None:
+    while pgconn.is_busy():
+        _wait(pgconn)
+        pgconn.consume_input()
+    return pgconn.get_result()
+
+
+def _wait(pgconn: pq.abc.PGconn, write: bool = False) -> None:
+    fd = pgconn.socket
+    if write:
+        select.select([fd], [fd], [])
+        pgconn.consume_input()  # the server may be talking while we send
+    else:
+        select.select([fd], [], [])
+
+
+def _abandon_query(conn: psycopg.Connection[Any]) -> None:
+    """Interrupted (a signal) or the connection failed mid-result: cancel what runs and drain
+    it, so the session can still be rolled back."""
+    pgconn = conn.pgconn
+    if (
+        pgconn.status != pq.ConnStatus.OK
+        or pgconn.transaction_status != pq.TransactionStatus.ACTIVE
+    ):
+        return
+    with contextlib.suppress(Exception):
+        conn.cancel_safe(timeout=5)
+    with contextlib.suppress(Exception):
+        while _next_result(pgconn) is not None:
+            pass
+
+
 class _PassThroughLoader(Loader):
     """Leaves a value as the server sent it: the JS side parses every value itself."""
 
@@ -595,23 +767,43 @@ class _PassThroughLoader(Loader):
 #: ``SET TIME ZONE INTERVAL '+00:00' ...`` is a zone Python cannot name, so skip them.
 _TZ_TYPE_OIDS = (1184, 1185, 3910, 3911, 4534, 6153)
 
+#: Statements read-shaped enough to stream (the rest of the bound ones go pipelined, whole).
+_READS = re.compile(r"\s*(?:\(\s*)*(?:SELECT|WITH|VALUES|TABLE|SHOW|EXPLAIN|FETCH)\b", re.I)
+
 
 def _raw_cursor(conn: psycopg.Connection[Any]) -> psycopg.RawCursor[Any]:
-    """One cursor per migration: ``$n`` placeholders as sent by pg, results read raw."""
+    """A cursor for pipelined bound statements: ``$n`` placeholders as sent by pg; its rows
+    are read raw from ``pgresult``, never loaded."""
     cur = psycopg.RawCursor(conn)
     for oid in _TZ_TYPE_OIDS:
         cur.adapters.register_loader(oid, _PassThroughLoader)
     return cur
 
 
-def _collect(cur: psycopg.RawCursor[Any], encoding: str) -> Iterator[dict[str, Any]]:
-    """Every result of the last execute, as {c: command tag, f: [[name, oid]], rows: [[text]]}."""
-    while True:
-        res = cur.pgresult
-        if res is not None:
-            yield _result_payload(res, encoding)
-        if not cur.nextset():
-            return
+def _encode_values(
+    values: list[Any], encoding: str
+) -> tuple[list[bytes | None], list[int], list[int]]:
+    """Parameters as pg sends them: text (server-inferred type) or bytea in binary."""
+    params: list[bytes | None] = []
+    types: list[int] = []
+    formats: list[int] = []
+    for value in values:
+        if value is None:
+            params.append(None)
+            types.append(0)
+            formats.append(0)
+        elif isinstance(value, bytes | bytearray | memoryview):
+            params.append(bytes(value))
+            types.append(_BYTEA_OID)
+            formats.append(1)
+        else:
+            text = value if isinstance(value, str) else str(value)
+            if "\x00" in text:
+                raise psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
+            params.append(text.encode(encoding))
+            types.append(0)
+            formats.append(0)
+    return params, types, formats
 
 
 def _result_payload(res: pq.abc.PGresult, encoding: str) -> dict[str, Any]:

@@ -89,6 +89,8 @@ class Piece:
     introspection: bool = False
     #: PostgreSQL's grammar accepted it (False: sent as is, for the server to report the error)
     parsed: bool = True
+    #: COMMIT / ROLLBACK AND CHAIN: a new transaction with the same characteristics follows
+    chain: bool = False
 
     @property
     def label(self) -> str:
@@ -146,10 +148,10 @@ def _transaction_piece(text: str, body: dict[str, Any]) -> Piece:
     if kind in ("TRANS_STMT_BEGIN", "TRANS_STMT_START"):
         tag = "BEGIN" if kind == "TRANS_STMT_BEGIN" else "START TRANSACTION"
         return Piece(text, Kind.BEGIN, command=tag)
-    if kind == "TRANS_STMT_COMMIT" and not body.get("chain"):
-        return Piece(text, Kind.COMMIT, command="COMMIT")
-    if kind == "TRANS_STMT_ROLLBACK" and not body.get("chain"):
-        return Piece(text, Kind.ROLLBACK, command="ROLLBACK")
+    if kind == "TRANS_STMT_COMMIT":
+        return Piece(text, Kind.COMMIT, command="COMMIT", chain=bool(body.get("chain")))
+    if kind == "TRANS_STMT_ROLLBACK":
+        return Piece(text, Kind.ROLLBACK, command="ROLLBACK", chain=bool(body.get("chain")))
     if kind == "TRANS_STMT_SAVEPOINT":
         return Piece(
             text, Kind.SAVEPOINT, savepoint=body.get("savepoint_name"), command="SAVEPOINT"
@@ -159,8 +161,8 @@ def _transaction_piece(text: str, body: dict[str, Any]) -> Piece:
     if kind == "TRANS_STMT_ROLLBACK_TO":
         name = body.get("savepoint_name")
         return Piece(text, Kind.ROLLBACK_TO, savepoint=name, command="ROLLBACK")
-    # COMMIT AND CHAIN, PREPARE TRANSACTION, COMMIT PREPARED: sent as they are; the server
-    # refuses them inside the runner's transaction, which is the honest answer.
+    # PREPARE TRANSACTION, COMMIT / ROLLBACK PREPARED: sent as they are; the server refuses
+    # them inside the runner's transaction, which is the honest answer.
     return Piece(text, Kind.PLAIN)
 
 

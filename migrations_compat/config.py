@@ -84,7 +84,6 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -323,7 +322,9 @@ def _read_json(path: Path, cwd: Path) -> Loaded:
 
 
 def node_binary(environ: Mapping[str, str]) -> str | None:
-    return shutil.which("node", path=environ.get("PATH", os.defpath))
+    from migrations_compat.node_runtime import find_node  # PATH, else the [node] extra's
+
+    return find_node(environ)
 
 
 def _spawn(

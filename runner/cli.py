@@ -77,6 +77,17 @@ COMMON = [
         help="JS migrations atomic mode cannot run as sequelize-cli would: re-run on real "
         "connections, not atomically (auto, default), or fail (never). Env MIGRUNNER_POOL_MODE.",
     ),
+    click.option(
+        "--strict-await",
+        is_flag=True,
+        default=False,
+        help="Fail JS migrations that leave queries un-awaited (env MIGRUNNER_STRICT_AWAIT).",
+    ),
+    click.option(
+        "--settle-timeout",
+        type=float,
+        help="Seconds to wait for a JS migration's un-awaited queries (default 120).",
+    ),
     # sequelize-cli flags accepted for drop-in compatibility; they do not affect migrations.
     click.option("--seeders-path", hidden=True),
     click.option("--models-path", hidden=True),
@@ -108,6 +119,8 @@ def options_from(kw: dict[str, Any]) -> CliOptions:
         log_format=kw.get("log_format"),
         allow_drift=bool(kw.get("allow_drift")),
         pool_mode=kw.get("pool_mode"),
+        strict_await=bool(kw.get("strict_await")),
+        settle_timeout=kw.get("settle_timeout"),
     )
 
 
@@ -203,17 +216,22 @@ def print_dry_run(report: Any, log: Log) -> None:
         log.info(report.plan.note or "Nothing to do.")
         return
     for mig, transactional, result in report.dry_run:
-        mode = result.not_rehearsed or ("transactional" if transactional else "non-transactional")
+        mode = "transactional" if transactional else "non-transactional"
         log.out(f"-- {mig.name} ({report.plan.direction}, {mode})")
+        if result.not_rehearsed:
+            log.out(f"-- {result.not_rehearsed}")
+            log.warn(f"{mig.name}: {result.not_rehearsed}", migration=mig.name)
         for label, sql in result.statements:
             if label != "statement":
                 log.out(f"-- [{label}]")
             text = sql.rstrip()
             log.out(text if text.endswith(";") else text + ";")
         log.out("")
+    skipped = sum(1 for _m, _t, r in report.dry_run if r.not_rehearsed)
     log.info(
         f"Dry run: {len(report.dry_run)} migration(s) would run; everything was rolled back "
         "(sequences may have advanced)."
+        + (f" {skipped} of them NOT rehearsed (see above)." if skipped else "")
     )
 
 
@@ -498,3 +516,7 @@ def main() -> None:
 
 
 __all__ = ["cli", "main"]
+
+from runner.cli_verify import verify_cmd  # noqa: E402  -- its own module; registered here
+
+cli.add_command(verify_cmd)

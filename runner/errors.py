@@ -14,6 +14,7 @@ Exit codes (documented in the README):
 4     lock timeout: another runner held the migration lock too long
 5     database unreachable, or the connection was lost mid-run
 6     drift: an applied migration's file is missing or was edited
+9     ``verify``: the round trip did not hold (``runner.verify.VerifyFailed``)
 ====  ======================================================================
 """
 

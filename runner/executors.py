@@ -44,7 +44,7 @@ class RunResult:
     """What an executor ran: (label, sql) pairs, for the dry-run plan and the log."""
 
     statements: list[tuple[str, str]] = field(default_factory=list)
-    #: Dry run: why the migration was not rehearsed (it would run in pool mode).
+    #: Dry run: why this migration was not (faithfully) rehearsed; None when it was.
     not_rehearsed: str | None = None
 
 
@@ -215,22 +215,29 @@ class JsExecutor:
         self.settings = settings
         self.log = log
         self.bridge: Any = None
+        self.rehearsing = False  # a dry run: see Executors.rehearsal
         self.observer: StatementObserver | None = None
 
     def get_bridge(self) -> Any:
         if self.bridge is None:
             from migrations_compat.bridge import BridgeOptions, NodeBridge
+            from migrations_compat.node_runtime import bridge_node
 
             self.bridge = NodeBridge(
                 BridgeOptions(
+                    node=bridge_node(self.log),
                     search_dirs=self.settings.search_dirs,
                     sequelize_options=dict(self.settings.sequelize_options),
                     # a migration's own pg connection waiting on our open transaction gives
                     # up as our statements would, instead of hanging
                     own_connection_lock_timeout=max(self.settings.statement_lock_timeout, 1.0),
+                    strict_await=self.settings.strict_await,
+                    settle_timeout=self.settings.settle_timeout,
                 ),
                 self.log,
             )
+            if self.rehearsing:
+                self.bridge.rehearsal()
         return self.bridge
 
     def declared_transactional(self, mig: Migration, direction: str) -> bool | None:
@@ -259,7 +266,7 @@ class JsExecutor:
             isolation=isolation,
             **extra,
         )
-        result = RunResult()
+        result = RunResult(not_rehearsed=out.not_rehearsed)
         for st in out.statements:
             result.statements.append((str(st.label), str(st.sql)))
         return result
@@ -314,6 +321,12 @@ class Executors:
                         self.log.warn(notice)
         if any(m.kind == "js" for m in plan.steps):
             self.js.get_bridge().prestart()
+
+    def rehearsal(self) -> None:
+        """A dry run follows: connections JS migrations open themselves must not write."""
+        self.js.rehearsing = True
+        if self.js.bridge is not None:
+            self.js.bridge.rehearsal()
 
     def close(self) -> None:
         self.sql.close()

@@ -589,6 +589,7 @@ class Migrator:
         Faithful because PostgreSQL DDL is transactional, but it takes the same locks while it
         runs (bounded by ``statement_lock_timeout``) and advances sequences it touches.
         """
+        executors.rehearsal()  # before any migration file is loaded
         if self.analysis is not None and plan.direction == "up":
             from runner.rehearsal import rehearse
 
@@ -606,6 +607,8 @@ class Migrator:
                 declared = executor.declared_transactional(mig, plan.direction)
                 if mig.kind == "js":
                     result = self.rehearse_js(conn, mig, plan.direction, executors, declared)
+                    if result.not_rehearsed and result.not_rehearsed.startswith(POOL_MODE_NOTE):
+                        declared = False  # it runs outside a transaction
                 else:
                     result = executor.run(
                         mig, plan.direction, conn, transactional=True, dry_run=True
@@ -679,19 +682,22 @@ class Migrator:
 
         if declared is False:
             return RunResult(not_rehearsed=not_rehearsed("it declares useTransaction: false"))
-        conn.execute(b"SAVEPOINT migrunner_rehearsal")
+        conn.execute(b"SAVEPOINT migrunner_rehearse_js")
         try:
             result = executors.js.run(mig, direction, conn, transactional=True, dry_run=True)
         except AtomicModeUnavailable as why:
-            conn.execute(b"ROLLBACK TO SAVEPOINT migrunner_rehearsal")
+            conn.execute(b"ROLLBACK TO SAVEPOINT migrunner_rehearse_js")
             self.log.warn(f"{mig.name}: would run in pool mode ({why.message}); not rehearsed")
             return RunResult(not_rehearsed=not_rehearsed(why.message))
-        conn.execute(b"RELEASE SAVEPOINT migrunner_rehearsal")
+        conn.execute(b"RELEASE SAVEPOINT migrunner_rehearse_js")
         return result
 
 
+POOL_MODE_NOTE = "runs outside a transaction; not rehearsed"
+
+
 def not_rehearsed(reason: str) -> str:
-    return f"runs outside a transaction; not rehearsed: pool mode, because {reason}"
+    return f"{POOL_MODE_NOTE}: pool mode, because {reason}"
 
 
 def raise_empty(src: Source) -> None:

@@ -29,6 +29,7 @@ from runner.errors import ConfigError
 
 DEFAULT_MIGRATIONS_PATH = "migrations"
 DEFAULT_TABLE = "SequelizeMeta"
+DEFAULT_SETTLE_TIMEOUT = 120.0
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,8 @@ class CliOptions:
     log_format: str | None = None
     allow_drift: bool = False
     pool_mode: str | None = None
+    strict_await: bool = False
+    settle_timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,11 @@ class Settings:
     identity: Identity = field(default_factory=lambda: Identity(host="localhost"))
     config_source: str = ""
     app: Any = field(default=None, repr=False, compare=False)  # the AppConfig, when one was read
+    #: JS migrations: refuse queries issued after up()/down() resolved instead of running them
+    #: in the migration's transaction (with a warning).
+    strict_await: bool = False
+    #: Seconds to wait, after up()/down() resolved, for the queries nobody awaited to finish.
+    settle_timeout: float = DEFAULT_SETTLE_TIMEOUT
 
     @property
     def password(self) -> str | None:
@@ -262,6 +270,13 @@ def resolve(
         p for p in (migrations_path, Path(config_path).parent if config_path else None, cwd) if p
     )
     statement_timeout = number(opts.statement_timeout, environ, "MIGRUNNER_STATEMENT_TIMEOUT", 0)
+    settle_timeout = number(
+        opts.settle_timeout, environ, "MIGRUNNER_SETTLE_TIMEOUT", DEFAULT_SETTLE_TIMEOUT
+    )
+    if not settle_timeout > 0:
+        raise ConfigError(
+            f"--settle-timeout / MIGRUNNER_SETTLE_TIMEOUT {settle_timeout}: expected seconds > 0"
+        )
     retries = (
         opts.retries
         if opts.retries is not None
@@ -294,6 +309,9 @@ def resolve(
         identity=Identity.from_env(environ),
         config_source=source,
         app=app,
+        strict_await=opts.strict_await
+        or environ.get("MIGRUNNER_STRICT_AWAIT", "") in ("1", "true"),
+        settle_timeout=settle_timeout,
     )
 
 

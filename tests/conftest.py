@@ -17,6 +17,19 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 
 
+def _node_from_the_extra() -> None:
+    """Without node on PATH, the ``migrunner[node]`` extra's node (and its npm) serve the tests'
+    own node calls too (sequelize-cli for parity, npm ci of the fixtures)."""
+    from migrations_compat.node_runtime import path_node, wheel_node
+
+    bundled = wheel_node()
+    if bundled and not path_node(os.environ):
+        os.environ["PATH"] = os.pathsep.join([str(Path(bundled).parent), os.environ["PATH"]])
+
+
+_node_from_the_extra()
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[str]:
     """URL of a PostgreSQL server's maintenance database (``postgres``)."""

@@ -8,14 +8,17 @@
  * The protocol is JSON lines over the socket on <protocol-fd>, never stdout: migrations print to
  * stdout/stderr, and the runner forwards those lines to its log.
  *
- * Python -> node: {t:'init', sequelizeOptions}        first message (kept out of argv / ps)
- *                 {t:'run', id, path, dir, sv, dbv}   run up()/down() of one migration file
+ * Python -> node: {t:'init', sequelizeOptions, floating} first message (kept out of argv / ps)
+ *                 {t:'run', id, path, dir, sv, dbv, dry} run up()/down() of one migration file
  *                 {t:'meta', id, path}                  read a file's `useTransaction` flag
  *                 {t:'pool', id, path, dir, dbv, conn}  run it in pool mode (./pool.js)
- *                 {t:'r', id, r|e}                      result (or error) of query `id`
+ *                 {t:'rows', id, i, f, rows}            a chunk of rows of result i of query `id`
+ *                 {t:'r', id, r|e}                      result (or error) of query `id`; a result
+ *                                                       {s: true} has its rows in the chunks
  * node -> Python: {t:'ready', version, path, pgPath}  once sequelize is loaded
- *                 {t:'q', id, c, sql, p}               execute a statement (client c, params p)
- *                 {t:'done', id, ok, err, running, late}
+ *                 {t:'q', id, c, sql, p, fl}           execute a statement (client c, params p;
+ *                                                       fl: issued after up()/down() resolved)
+ *                 {t:'done', id, ok, err, running, late, own}
  *                 {t:'meta', id, useTransaction, err}
  *                 {t:'late', file, dir, sql}           a query after its migration finished
  * MIGRUNNER_BRIDGE_DEBUG=1 echoes every protocol line to stderr (and so to the run log).
@@ -66,10 +69,15 @@ function loadPgParts(mainPath) {
   }
 }
 
-// How many event-loop turns without a new query must pass after up()/down() settles before
-// the migration is considered finished; queries issued later are rejected and reported.
-const SETTLE_QUIET_TURNS = 3;
-const SETTLE_MAX_TURNS = 50;
+// Floating queries (issued without await, or still running when up()/down() resolves) belong
+// to the migration: it is finished only once quiescent — nothing pending (a Sequelize call not
+// yet settled, or a statement in flight) and nothing new for SETTLE_QUIET_TURNS event-loop
+// turns. Promise chains (`.then(() => qi.bulkUpdate(...))`) continue in microtasks, which all
+// run before the next turn, so a chain is seen before the turns run out. Event-driven: while
+// something is pending the loop sleeps until a completion wakes it. After a floating query,
+// one short timer pass also lets `setTimeout(0)`-deferred work show up.
+const SETTLE_QUIET_TURNS = 5;
+const SETTLE_TIMER_MS = 2;
 
 /** Line-oriented JSON transport on the inherited socket. */
 class Channel {
@@ -114,23 +122,94 @@ class Run {
     this.file = msg.path;
     this.dir = msg.dir;
     this.serverVersionText = msg.sv;
-    this.state = 'running'; // -> 'settling' -> 'closed'
-    this.inflight = new Map();
-    this.late = [];
+    this.dry = Boolean(msg.dry);
+    this.state = 'running'; // -> 'settling' (up()/down() resolved) -> 'closed'
+    this.inflight = new Map(); // statements sent to Python and not answered yet
+    this.calls = 0; // Sequelize calls (query, transaction) not settled yet
+    this.activity = 0; // bumped by every call, statement and completion
+    this.late = []; // strict mode: statements refused because they floated
     this.asyncErrors = [];
+    this.ownConnections = 0; // real pg connections the migration opened itself
+    this.waiter = null;
+    this.timedOut = false;
   }
 
-  request(msg) {
-    if (this.state !== 'running') return Promise.reject(this.lateError(msg.sql));
+  get strict() {
+    return this.bridge.floating.strict;
+  }
+
+  /** Wrap a Sequelize call (query, transaction) so that it counts as pending until it settles. */
+  track(start, sql) {
+    if (this.state === 'closed' || (this.state === 'settling' && this.strict)) {
+      return Promise.reject(this.lateError(sql));
+    }
+    this.calls++;
+    this.activity++;
+    let promise;
+    try {
+      promise = start();
+    } catch (err) {
+      this.completed();
+      throw err;
+    }
+    if (!promise || typeof promise.then !== 'function') {
+      this.completed();
+      return promise;
+    }
+    // A promise of our own, so a rejection nobody handles stays unhandled (and fails the
+    // migration) exactly as it would on the original one.
+    return new Promise((resolve, reject) => {
+      promise.then(
+        (value) => {
+          this.completed();
+          resolve(value);
+        },
+        (err) => {
+          this.completed();
+          reject(err);
+        },
+      );
+    });
+  }
+
+  completed() {
+    this.calls--;
+    this.activity++;
+    this.wake();
+  }
+
+  pending() {
+    return this.calls + this.inflight.size;
+  }
+
+  wake() {
+    const waiter = this.waiter;
+    if (waiter && (this.pending() === 0 || this.timedOut)) {
+      this.waiter = null;
+      waiter();
+    }
+  }
+
+  request(msg, onRows) {
+    if (this.state === 'closed' || (this.state === 'settling' && this.strict)) {
+      return Promise.reject(this.lateError(msg.sql));
+    }
+    const floating = this.state === 'settling';
     return new Promise((resolve, reject) => {
       const id = this.bridge.nextQueryId++;
       this.inflight.set(id, msg.sql);
-      this.bridge.pending.set(id, (reply) => {
-        this.inflight.delete(id);
-        resolve(reply);
+      this.activity++;
+      this.bridge.pending.set(id, {
+        onRows,
+        onReply: (reply) => {
+          this.inflight.delete(id);
+          this.activity++;
+          resolve(reply);
+          this.wake();
+        },
       });
       try {
-        this.bridge.channel.send({ ...msg, id });
+        this.bridge.channel.send(floating ? { ...msg, id, fl: true } : { ...msg, id });
       } catch (e) {
         this.inflight.delete(id);
         this.bridge.pending.delete(id);
@@ -139,20 +218,68 @@ class Run {
     });
   }
 
+  /**
+   * Wait until the migration is quiescent (see SETTLE_QUIET_TURNS), at most timeoutMs.
+   * Returns false when the settle timeout expired first.
+   */
+  async settle(timeoutMs) {
+    const timer = setTimeout(() => {
+      this.timedOut = true;
+      this.wake();
+    }, timeoutMs);
+    let floated = this.pending() > 0;
+    let timerPassDone = false;
+    let quiet = 0;
+    let seen = this.activity;
+    while (!this.timedOut) {
+      if (this.pending() > 0) {
+        floated = true;
+        await new Promise((resolve) => {
+          this.waiter = resolve;
+          this.wake();
+        });
+        quiet = 0;
+        seen = this.activity;
+        continue;
+      }
+      await new Promise((resolve) => setImmediate(resolve));
+      if (this.activity !== seen) {
+        floated = true;
+        seen = this.activity;
+        quiet = 0;
+        continue;
+      }
+      if (++quiet < SETTLE_QUIET_TURNS) continue;
+      if (!floated || timerPassDone) break;
+      timerPassDone = true;
+      quiet = 0;
+      await new Promise((resolve) => setTimeout(resolve, SETTLE_TIMER_MS));
+    }
+    clearTimeout(timer);
+    return !this.timedOut;
+  }
+
   lateError(sql) {
     const text = typeof sql === 'string' ? sql : String(sql && sql.query ? sql.query : sql);
     if (this.state === 'closed') {
       this.bridge.channel.send({ t: 'late', file: this.file, dir: this.dir, sql: text });
-    } else {
-      this.late.push(text);
+      return new Error(
+        `query issued after ${path.basename(this.file)}'s ${this.dir}() had finished and its ` +
+          `transaction ended; not executed: ${text.split('\n')[0].slice(0, 200)}`,
+      );
     }
+    this.late.push(text);
     return new Error(
-      `query issued after ${this.dir}() resolved: ${text.split('\n')[0].slice(0, 200)} — missing await?`,
+      `query issued after ${this.dir}() resolved: ${text.split('\n')[0].slice(0, 200)} — ` +
+        'missing await? (--strict-await)',
     );
   }
 
   clientOpened() {
-    return this.state === 'running' ? null : this.lateError('(new connection)');
+    if (this.state === 'closed' || (this.state === 'settling' && this.strict)) {
+      return this.lateError('(new connection)');
+    }
+    return null;
   }
 
   serverVersion() {
@@ -258,6 +385,12 @@ class Bridge {
     this.ranFiles = new Set();
     this.nextQueryId = 1;
     this.pending = new Map();
+    // strict: refuse floating queries; settleMs: how long to wait for them (see Run.settle).
+    this.floating = { strict: false, settleMs: 120000 };
+    this.basePgOptions = process.env.PGOPTIONS;
+    this.dryRun = false;
+    this.ownOutsideRuns = 0;
+    watchOwnConnections(this);
     this.current = null;
     this.queue = Promise.resolve();
     this.channel = new Channel(PROTOCOL_FD, (msg) => this.onMessage(msg));
@@ -276,16 +409,27 @@ class Bridge {
   }
 
   onMessage(msg) {
+    if (msg.t === 'rows') {
+      const entry = this.pending.get(msg.id);
+      if (entry && entry.onRows) entry.onRows(msg);
+      return;
+    }
     if (msg.t === 'r') {
-      const cb = this.pending.get(msg.id);
-      if (cb) {
+      const entry = this.pending.get(msg.id);
+      if (entry) {
         this.pending.delete(msg.id);
-        cb(msg);
+        entry.onReply(msg);
       }
       return;
     }
     if (msg.t === 'init') {
       this.sequelizeOptions = msg.sequelizeOptions || {};
+      this.floating = { ...this.floating, ...(msg.floating || {}) };
+      if (msg.dry) {
+        // A dry run: from now on (module loading included) own connections are read-only.
+        this.dryRun = true;
+        this.setReadOnly(true);
+      }
       return;
     }
     if (msg.t === 'pool') {
@@ -308,6 +452,9 @@ class Bridge {
         this.ranFiles.add(file);
       },
       send: (m) => this.channel.send(m),
+      pooling: (on) => {
+        this.pooling = on;
+      },
     };
   }
 
@@ -344,6 +491,10 @@ class Bridge {
   async run(msg) {
     const run = new Run(this, msg);
     this.current = run;
+    this.setReadOnly(run.dry || this.dryRun);
+    // connections opened while its file was loaded (the `meta` request just before)
+    run.ownConnections += this.ownOutsideRuns;
+    this.ownOutsideRuns = 0;
     let error = null;
     let sequelize = null;
     try {
@@ -362,8 +513,10 @@ class Bridge {
       sequelize = new Sequelize(sequelizeOptions(this.sequelizeOptions, pgShim, msg.dbv));
       this.adoptTypeOids(sequelize);
       const query = sequelize.query.bind(sequelize);
-      sequelize.query = (sql, options) =>
-        run.state === 'running' ? query(sql, options) : Promise.reject(run.lateError(sql));
+      sequelize.query = (sql, options) => run.track(() => query(sql, options), sql);
+      const transaction = sequelize.transaction.bind(sequelize);
+      sequelize.transaction = (options, autoCallback) =>
+        run.track(() => transaction(options, autoCallback), '(transaction)');
       const result = fun.apply(migration, [sequelize.getQueryInterface(), Sequelize]);
       if (!result || typeof result.then !== 'function') {
         throw new Error(`Migration ${path.basename(run.file)} (or wrapper) didn't return a promise`);
@@ -374,14 +527,19 @@ class Bridge {
     }
     const running = [...run.inflight.values()];
     run.state = 'settling';
-    let quiet = 0;
-    for (let turn = 0; quiet < SETTLE_QUIET_TURNS && turn < SETTLE_MAX_TURNS; turn++) {
-      const before = run.late.length + run.asyncErrors.length;
-      await new Promise((resolve) => setImmediate(resolve));
-      quiet = run.late.length + run.asyncErrors.length === before ? quiet + 1 : 0;
-    }
+    const settled = await run.settle(this.floating.settleMs);
     run.state = 'closed';
     if (!error && run.asyncErrors.length) error = run.asyncErrors[0];
+    if (!error && !settled) {
+      const busy = [...run.inflight.values()];
+      error = new Error(
+        `not finished ${Math.round(this.floating.settleMs / 1000)} s after ${run.dir}() ` +
+          'resolved: queries nobody awaited are still ' +
+          (busy.length ? `running (${String(busy[0]).split('\n')[0].slice(0, 200)})` : 'pending') +
+          '; raise --settle-timeout, or await them',
+      );
+      error.migrunnerKind = 'settle-timeout';
+    }
     if (sequelize) {
       this.keepTypeOids(sequelize);
       // Idle clients only; a client still held by unfinished code is refused from now on.
@@ -395,8 +553,69 @@ class Bridge {
       err: error ? describeError(error, run.file) : null,
       running,
       late: run.late,
+      own: run.ownConnections,
     });
   }
+
+  /**
+   * During a dry run every connection a migration opens itself is read-only: PGOPTIONS for
+   * anything started from here (pg, psql), and the hook in watchOwnConnections for pg clients
+   * whose config overrides PGOPTIONS.
+   */
+  setReadOnly(on) {
+    const base = this.basePgOptions;
+    if (on) {
+      const ro = '-c default_transaction_read_only=on';
+      process.env.PGOPTIONS = base ? `${base} ${ro}` : ro;
+    } else if (base === undefined) {
+      delete process.env.PGOPTIONS;
+    } else {
+      process.env.PGOPTIONS = base;
+    }
+  }
+}
+
+/**
+ * Notice the real pg clients a migration connects itself (a second Sequelize from
+ * DATABASE_URL, the app's own models): they run outside the runner's transaction, so a dry run
+ * cannot rehearse them and must not let them write. pg is patched where it is loaded, so the
+ * bridge itself still never loads pg's client stack.
+ */
+function watchOwnConnections(bridge) {
+  const Module = require('module');
+  const patched = new WeakSet();
+  const patch = (pg) => {
+    const Client = pg && pg.Client;
+    if (typeof Client !== 'function' || patched.has(Client.prototype)) return;
+    patched.add(Client.prototype);
+    const connect = Client.prototype.connect;
+    Client.prototype.connect = function migrunnerConnect(callback) {
+      // pool mode (./pool.js): the migration's own real connections, as sequelize-cli's
+      if (bridge.pooling) return connect.call(this, callback);
+      const run = bridge.current;
+      if (run) run.ownConnections++;
+      else bridge.ownOutsideRuns++;
+      if (!bridge.dryRun && !(run && run.dry)) return connect.call(this, callback);
+      // Dry run: make the session read-only before anyone can use it.
+      const ready = connect
+        .call(this)
+        .then(() => this.query('SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY'))
+        .then(() => this);
+      if (typeof callback === 'function') {
+        ready.then(() => callback(null, this), (err) => callback(err));
+        return undefined;
+      }
+      return ready;
+    };
+  };
+  const load = Module._load;
+  Module._load = function migrunnerLoad(request, parent, isMain) {
+    const exported = load.call(this, request, parent, isMain);
+    if (request === 'pg' || /[\\/]node_modules[\\/]pg(?:[\\/]lib(?:[\\/]index(?:\.js)?)?)?$/.test(request)) {
+      patch(exported);
+    }
+    return exported;
+  };
 }
 
 const bridge = new Bridge();

@@ -67,12 +67,13 @@ function withTimeout(promise, ms) {
 /**
  * @param {object} msg the 'pool' request
  * @param {object} deps {Sequelize, pgMainPath, sequelizeOptions, loadMigration(file),
- *   forget(file), describeError(err, file), send(msg)}
+ *   forget(file), describeError(err, file), send(msg), pooling(on)}
  */
 async function runInPool(msg, deps) {
   let error = null;
   let sequelize = null;
   let stuck = false;
+  deps.pooling(true); // its real connections are neither "own connections" nor read-only
   try {
     deps.forget(msg.path); // a fresh module, as a new sequelize-cli process would load it
     const migration = await deps.loadMigration(msg.path);
@@ -101,6 +102,7 @@ async function runInPool(msg, deps) {
       if (!error) error = err;
     }
   }
+  deps.pooling(false);
   deps.send({
     t: 'done',
     id: msg.id,

@@ -272,6 +272,14 @@ def test_caught_error_leaves_the_runner_transaction_usable(
     assert exists(db, "after_catch") and exists(db, "recorded_after")
 
 
+def test_large_results_stream_in_chunks_and_failures_discard_them(
+    bridge: NodeBridge, runner_conn: psycopg.Connection, db: psycopg.Connection
+) -> None:
+    out = run_in_transaction(bridge, runner_conn, "streamed.js")
+    assert db.execute("SELECT n FROM streamed_ok").fetchall() == [(1000,)]
+    assert [s.sqlstate for s in out.statements if s.sqlstate] == ["22012"]
+
+
 def test_statement_cut_by_a_nul_byte_is_refused_and_the_migration_goes_on(
     bridge: NodeBridge, runner_conn: psycopg.Connection, db: psycopg.Connection, captured: Captured
 ) -> None:
@@ -385,70 +393,107 @@ def test_non_transactional_run_that_leaves_a_transaction_open_is_rolled_back(
 # -- queries outside the migration's lifetime -------------------------------------------------
 
 
-def test_missing_await_fails_the_migration(
-    bridge: NodeBridge, runner_conn: psycopg.Connection, db: psycopg.Connection
-) -> None:
-    with pytest.raises(MigrationFailed) as info:
-        run_in_transaction(bridge, runner_conn, "missing-await.js")
-    assert info.value.message.startswith(
-        'missing-await.js (up): query issued after up() resolved: CREATE TABLE IF NOT EXISTS "never_awaited"'
-    )
-    assert info.value.message.endswith("— missing await?")
-    assert not exists(db, "never_awaited")
-
-
-def test_query_still_running_when_up_resolves_fails_the_migration(
-    db_url: str, runner_conn: psycopg.Connection, db: psycopg.Connection, tmp_path: Path
-) -> None:
-    db.execute("CREATE TABLE gate (id int)")
-    resolved = tmp_path / "resolved"
-    env = {**os.environ, "MIGRUNNER_TEST_RESOLVED_FILE": str(resolved)}
-    with (
-        psycopg.connect(db_url, autocommit=True) as holder,
-        psycopg.connect(db_url, autocommit=True) as watcher,
-    ):
-        holder.execute("BEGIN")
-        holder.execute("LOCK TABLE gate IN ACCESS EXCLUSIVE MODE")
-
-        def release_once_blocked_and_resolved() -> None:
-            # The query waits on our lock (the database says so) and up() has resolved.
-            blocked = (
-                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND query LIKE '%SELECT * FROM gate%')"
-            )
-            while not (resolved.exists() and watcher.execute(blocked).fetchone()[0]):
-                time.sleep(0.01)
-            holder.execute("ROLLBACK")
-
-        releaser = threading.Thread(target=release_once_blocked_and_resolved)
-        releaser.start()
-        try:
-            with (
-                NodeBridge(BridgeOptions(search_dirs=(BRIDGE,), env=env), Log()) as bridge,
-                pytest.raises(MigrationFailed) as info,
-            ):
-                run_in_transaction(bridge, runner_conn, "still-running.js")
-        finally:
-            releaser.join()
-    assert info.value.message == (
-        "still-running.js (up): query still running when up() resolved: SELECT * FROM gate "
-        "— missing await?"
-    )
-
-
-def test_query_through_a_finished_migration_is_refused_and_reported(
+def test_missing_await_runs_in_the_migration_transaction_with_one_warning(
     bridge: NodeBridge, runner_conn: psycopg.Connection, db: psycopg.Connection, captured: Captured
 ) -> None:
+    run_in_transaction(bridge, runner_conn, "missing-await.js", commit=False)
+    assert not exists(db, "never_awaited")  # it ran inside the transaction rolled back here
+    run_in_transaction(bridge, runner_conn, "missing-await.js")
+    assert exists(db, "never_awaited")
+    warnings = [line for line in captured.text.splitlines() if "not awaited" in line]
+    assert len(warnings) == 2  # one per run
+    assert warnings[0].endswith(
+        'missing-await.js (up): not awaited: CREATE TABLE IF NOT EXISTS "never_awaited" '
+        '("id" INTEGER , PRIMARY KEY ("id")); they ran in the migration\'s transaction'
+    )
+
+
+def test_strict_await_refuses_the_missing_await(
+    db_url: str, runner_conn: psycopg.Connection, db: psycopg.Connection
+) -> None:
+    options = BridgeOptions(search_dirs=(BRIDGE,), strict_await=True)
+    with NodeBridge(options, Log(stream=io.StringIO())) as strict:
+        with pytest.raises(MigrationFailed) as info:
+            run_in_transaction(strict, runner_conn, "missing-await.js")
+        assert info.value.message.startswith(
+            'missing-await.js (up): query issued after up() resolved: CREATE TABLE IF NOT EXISTS "never_awaited"'
+        )
+        assert info.value.message.endswith("— missing await? (--strict-await)")
+        # the bridge stays usable for the next migration
+        run_in_transaction(strict, runner_conn, "module-state.js")
+    assert not exists(db, "never_awaited")
+    assert exists(db, "module_state")
+
+
+def test_query_still_running_when_up_resolves_is_waited_for(
+    db_url: str, runner_conn: psycopg.Connection, db: psycopg.Connection, tmp_path: Path
+) -> None:
+    """up() resolves while its query waits on a lock the test holds: the runner does not
+    commit until that query has finished (strict mode: it fails the migration instead)."""
+    db.execute("CREATE TABLE gate (id int)")
+    for strict in (False, True):
+        resolved = tmp_path / f"resolved-{strict}"
+        env = {**os.environ, "MIGRUNNER_TEST_RESOLVED_FILE": str(resolved)}
+        captured = Captured()
+        with (
+            psycopg.connect(db_url, autocommit=True) as holder,
+            psycopg.connect(db_url, autocommit=True) as watcher,
+        ):
+            holder.execute("BEGIN")
+            holder.execute("LOCK TABLE gate IN ACCESS EXCLUSIVE MODE")
+
+            def release_once_blocked_and_resolved(resolved: Path = resolved) -> None:
+                # The query waits on our lock (the database says so) and up() has resolved.
+                blocked = (
+                    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE '%INSERT INTO gate%')"
+                )
+                while not (resolved.exists() and watcher.execute(blocked).fetchone()[0]):
+                    time.sleep(0.01)
+                holder.execute("ROLLBACK")
+
+            releaser = threading.Thread(target=release_once_blocked_and_resolved)
+            releaser.start()
+            options = BridgeOptions(search_dirs=(BRIDGE,), env=env, strict_await=strict)
+            try:
+                with NodeBridge(options, captured.log) as bridge:
+                    if strict:
+                        with pytest.raises(MigrationFailed) as info:
+                            run_in_transaction(bridge, runner_conn, "still-running.js")
+                    else:
+                        run_in_transaction(bridge, runner_conn, "still-running.js")
+            finally:
+                releaser.join()
+        if strict:
+            assert info.value.message == (
+                "still-running.js (up): query still running when up() resolved: "
+                "INSERT INTO gate VALUES (1) — missing await? (--strict-await)"
+            )
+        else:
+            assert (
+                "still-running.js (up): not awaited: INSERT INTO gate VALUES (1)" in captured.text
+            )
+    assert db.execute("SELECT count(*) FROM gate").fetchone() == (1,)  # strict: rolled back
+
+
+def test_query_through_a_finished_migration_is_refused_and_stops_the_run(
+    bridge: NodeBridge, runner_conn: psycopg.Connection, db: psycopg.Connection, captured: Captured
+) -> None:
+    """A query that a committed migration fires later never runs in another's transaction."""
     db.execute("CREATE TABLE late_target (id int); INSERT INTO late_target VALUES (1)")
     run_in_transaction(bridge, runner_conn, "late-arm.js")
     with pytest.raises(MigrationFailed) as info:
         run_in_transaction(bridge, runner_conn, "late-fire.js")
     assert info.value.message == (
-        "late-arm.js (up): query issued after up() resolved: DELETE FROM late_target "
-        "— missing await? (it was not executed)"
+        "late-arm.js (up): query issued after up() had finished and its transaction had ended; "
+        "it was not executed: DELETE FROM late_target — await it (or return its promise)"
     )
-    assert "[late-fire.js] late query refused: query issued after up() resolved" in captured.text
+    assert (
+        "[late-fire.js] late query refused: query issued after late-arm.js's up() had finished"
+        in captured.text
+    )
     assert db.execute("SELECT count(*) FROM late_target").fetchone()[0] == 1
+    assert not exists(db, "late_fired")  # the innocent migration rolled back too
 
 
 def test_unhandled_rejection_fails_the_migration(

@@ -89,6 +89,12 @@ PATTERNS = [
         "SELECT label, level FROM isolation_later ORDER BY label",
         [("asked", "repeatable read"), ("default", "read committed")],
     ),
+    Pattern(
+        "20240301000600-unreturned-transaction.js",
+        "atomic",
+        "SELECT body FROM notes",
+        [("from the floating transaction",)],
+    ),
 ]
 PARITY = MODES / "parity"
 #: Serial ids of rows written by transactions running at once depend on their interleaving.
@@ -204,13 +210,15 @@ def test_dry_run_of_a_pool_mode_migration_changes_nothing(
     before = dump_snapshot(db_url)
     dry = run_cli("up", "--dry-run", "--url", db_url, "--migrations-path", str(PARITY))
     assert dry.returncode == 0, dry.stderr
-    headers = [line for line in dry.stdout.splitlines() if line.startswith("-- 2024")]
-    assert len(headers) == len(PATTERNS)
-    for pattern, header in zip(PATTERNS, headers, strict=True):
-        assert header.startswith(f"-- {pattern.name} (up, "), header
-        rehearsed = "runs outside a transaction; not rehearsed: pool mode, because" not in header
-        assert rehearsed == (pattern.mode == "atomic"), header
-    assert "would also discard a statement connection" in headers[1]
+    lines = dry.stdout.splitlines()
+    at = [i for i, line in enumerate(lines) if line.startswith("-- 2024")]
+    assert len(at) == len(PATTERNS)
+    for pattern, i in zip(PATTERNS, at, strict=True):
+        pool = pattern.mode == "pool"
+        assert lines[i] == f"-- {pattern.name} (up, {'non-' if pool else ''}transactional)"
+        note = "-- runs outside a transaction; not rehearsed: pool mode, because"
+        assert lines[i + 1].startswith(note) == pool, lines[i + 1]
+    assert "would also discard a statement connection" in lines[at[1] + 1]
     # --analyze: what would run in pool mode is rehearsed on a scratch copy, as the real run
     analyzed = run_cli(
         "up", "--dry-run", "--analyze", "--url", db_url, "--migrations-path", str(PARITY)

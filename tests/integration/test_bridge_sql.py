@@ -52,13 +52,15 @@ def test_bodies_full_of_semicolons_are_one_plain_statement(sql: str) -> None:
         ("RELEASE SAVEPOINT s1", Kind.RELEASE, "RELEASE"),
         ('ROLLBACK TO SAVEPOINT "abc-sp-1";', Kind.ROLLBACK_TO, "ROLLBACK"),
         ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE;", Kind.SET_TRANSACTION, "SET"),
-        ("COMMIT AND CHAIN", Kind.PLAIN, ""),
+        ("COMMIT AND CHAIN", Kind.COMMIT, "COMMIT"),
+        ("rollback and chain;", Kind.ROLLBACK, "ROLLBACK"),
         ("PREPARE TRANSACTION 'x'", Kind.PLAIN, ""),
     ],
 )
 def test_transaction_control_is_recognised(sql: str, kind: Kind, command: str) -> None:
     (piece,) = analyze(sql)
     assert (piece.kind, piece.command) == (kind, command)
+    assert piece.chain == ("chain" in sql.lower())
     if kind is not Kind.PLAIN:
         assert piece.label == LABEL_TRANSACTION_CONTROL
 

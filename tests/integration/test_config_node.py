@@ -101,7 +101,10 @@ def test_json_config_is_read_without_node(tmp_path: Path) -> None:
     assert must(cfg).conninfo["dbname"] == "j"
     app(tmp_path, {"config/config.js": "module.exports = {}"})
     with pytest.raises(ConfigError, match=r"node is needed to evaluate config/config\.js"):
-        load_app_config(ConfigRequest(cwd=cwd, environ={"PATH": ""}))
+        # MIGRUNNER_NODE names a missing node: none from the [node] extra either
+        load_app_config(
+            ConfigRequest(cwd=cwd, environ={"PATH": "", "MIGRUNNER_NODE": str(tmp_path / "no")})
+        )
 
 
 def test_invalid_json_names_file_and_line(tmp_path: Path) -> None:

@@ -299,7 +299,8 @@ def test_noop_run_starts_no_node(db_url: str, tmp_path: Path) -> None:
     sweep = FIXTURES / "sweep" / "migrations"
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    no_node = {"PATH": str(bin_dir)}  # nothing on it: no node
+    # nothing on PATH, and no node from the [node] extra either
+    no_node = {"PATH": str(bin_dir), "MIGRUNNER_NODE": str(bin_dir / "node")}
     base = ("--url", db_url, "--migrations-path", str(sweep))
     r = run_cli("up", *base, env=no_node)
     assert r.returncode == 2 and "node not found" in r.stderr, r.stderr

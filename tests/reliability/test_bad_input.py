@@ -581,7 +581,7 @@ def test_wrong_password_and_special_characters(pg_server: str, db_url: str, tmp_
             (folder / "001-x.sql").write_text(sql("SELECT 1;"))
             parts = {
                 "DB_HOST": "127.0.0.1",
-                "DB_PORT": "5432",
+                "DB_PORT": str(psycopg.conninfo.conninfo_to_dict(db_url).get("port") or 5432),
                 "DB_NAME": db_url.rsplit("/", 1)[1],
                 "DB_USER": role,
             }

@@ -139,6 +139,10 @@ def local_cluster() -> str | None:
     """The Debian cluster version when tests run against the local server we may restart."""
     if os.environ.get("MIGRUNNER_TEST_DATABASE_URL") or not shutil.which("pg_ctlcluster"):
         return None
+    from tests.support.pg import server_source
+
+    if server_source() != "local":  # the tests' server is embedded or a container
+        return None
     versions = sorted(os.listdir("/etc/postgresql")) if os.path.isdir("/etc/postgresql") else []
     return versions[0] if versions else None
 

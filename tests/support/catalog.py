@@ -111,6 +111,7 @@ _QUERIES: dict[str, str] = {
         LEFT JOIN pg_class c ON c.oid = k.conrelid
         LEFT JOIN pg_type tp ON tp.oid = k.contypid
         WHERE n.nspname = ANY(%(schemas)s) AND k.conrelid <> ALL(%(excluded)s)
+          AND k.contype <> 'n'  -- PostgreSQL 18 lists NOT NULL here too; columns have it
     """,
     "indexes": """
         SELECT n.nspname || '.' || ic.relname,

@@ -106,3 +106,20 @@ def test_lock_key_is_stable_and_maps_to_pg_locks() -> None:
     classid, objid = pg_locks_ids(key)
     assert (classid << 32) | objid == key & 0xFFFFFFFFFFFFFFFF
     assert lock_key("app", "SequelizeMeta") != key
+
+
+def test_floating_query_options_from_flags_and_env() -> None:
+    env = {"DATABASE_URL": "postgresql://a@h/d"}
+    s = resolve(CliOptions(), env, cwd=CWD)
+    assert (s.strict_await, s.settle_timeout) == (False, 120.0)
+    s = resolve(
+        CliOptions(),
+        {**env, "MIGRUNNER_STRICT_AWAIT": "1", "MIGRUNNER_SETTLE_TIMEOUT": "7.5"},
+        cwd=CWD,
+    )
+    assert (s.strict_await, s.settle_timeout) == (True, 7.5)
+    s = resolve(CliOptions(strict_await=True, settle_timeout=3), env, cwd=CWD)
+    assert (s.strict_await, s.settle_timeout) == (True, 3.0)
+    for bad in ("0", "-1", "nan"):
+        with pytest.raises(ConfigError, match="settle"):
+            resolve(CliOptions(), {**env, "MIGRUNNER_SETTLE_TIMEOUT": bad}, cwd=CWD)
