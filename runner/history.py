@@ -157,48 +157,31 @@ END $migrunner$"""
         return {r[0]: r[1] for r in rows if r[1]}
 
     def recent(self, conn: psycopg.Connection, limit: int) -> list[Mapping[str, Any]]:
-        """Latest rows first, for ``migrunner history``; built with SQLAlchemy Core, the
-        project's query builder for the reporting paths (kept off the hot migrate path for
-        its import cost)."""
-        import sqlalchemy as sa
-        from sqlalchemy.dialects import postgresql
+        """Latest rows first, for ``migrunner history``: one fixed SELECT, so plain SQL (the
+        project dropped SQLAlchemy, which only ever built this query; README "Dependencies")."""
+        cur = conn.execute(
+            f"SELECT {', '.join(RECENT_COLUMNS)} FROM {self.ref} "
+            "WHERE storage_table = %s ORDER BY id DESC LIMIT %s",
+            (self.storage, limit),
+        )
+        return [dict(zip(RECENT_COLUMNS, row, strict=True)) for row in cur]
 
-        md = sa.MetaData()
-        t = sa.Table(
-            HISTORY_TABLE,
-            md,
-            *(
-                sa.Column(c)
-                for c in (
-                    "id",
-                    "storage_table",
-                    "name",
-                    "direction",
-                    "outcome",
-                    "checksum",
-                    "transactional",
-                    "attempts",
-                    "note",
-                    "error",
-                    "started_at",
-                    "finished_at",
-                    "duration_ms",
-                    "runner_host",
-                    "runner_pod",
-                    "runner_version",
-                )
-            ),
-            schema=self.schema,
-        )
-        query = (
-            sa.select(t)
-            .where(t.c.storage_table == sa.bindparam("storage"))
-            .order_by(t.c.id.desc())
-            .limit(sa.bindparam("limit"))
-        )
-        compiled = query.compile(
-            dialect=postgresql.psycopg.dialect(),  # type: ignore[no-untyped-call]
-        )
-        cur = conn.execute(str(compiled), {"storage": self.storage, "limit": limit})
-        cols = [d.name for d in cur.description or ()]
-        return [dict(zip(cols, row, strict=True)) for row in cur]
+
+RECENT_COLUMNS = (
+    "id",
+    "storage_table",
+    "name",
+    "direction",
+    "outcome",
+    "checksum",
+    "transactional",
+    "attempts",
+    "note",
+    "error",
+    "started_at",
+    "finished_at",
+    "duration_ms",
+    "runner_host",
+    "runner_pod",
+    "runner_version",
+)

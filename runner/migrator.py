@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from runner.db import connect, is_connection_lost, wait_until_ready
@@ -46,6 +47,8 @@ from runner.errors import (
 )
 from runner.history import Entry, HistoryTable
 from runner.plan import Drift, Plan, drift, pending, plan_down, plan_up
+from runner.progress import Progress
+from runner.settings import redact
 from runner.source import Migration, Source, discover
 from runner.storage import MetaTable
 
@@ -117,6 +120,7 @@ class Migrator:
         self.meta = MetaTable(settings.table, settings.schema, settings.timestamps)
         self.history = HistoryTable(self.meta.ref, settings.schema)
         self.server_version = 0
+        self.progress = Progress(settings, log)
         self.analysis: Any = None  # runner.rehearsal.AnalyzeOptions: observe the dry run
 
     # ---- reading ---------------------------------------------------------------------------
@@ -183,6 +187,7 @@ class Migrator:
         try:
             state = guarded(lambda: self.read_state(conn))
             plan = plan_up(src.migrations, state.applied, to, from_=from_, name=name)
+            self.announce(src, state, plan)
             self.check_drift(src, state)
             if not plan:
                 return RunReport(plan)  # nothing pending: no lock, no node
@@ -232,7 +237,27 @@ class Migrator:
             lock.acquire()
             state = guarded(lambda: self.read_state(conn))
             plan = plan_down(src.migrations, state.applied, step=step, to=to, all=all, name=name)
+            self.announce(src, state, plan)
             return self.execute(conn, plan, dry_run, lock, executors)
+
+    def announce(self, src: Source, state: State, plan: Plan) -> None:
+        """The line before a run: where (never a password), which folder, how much to do."""
+        todo = "pending" if plan.direction == "up" else "to revert"
+        table = "" if self.meta.name == "SequelizeMeta" else f", table {self.meta.name}"
+        try:
+            folder = str(src.folder.relative_to(Path.cwd()))
+        except ValueError:
+            folder = str(src.folder)
+        self.log.info(
+            f"Database {self.settings.target} (from {self.settings.config_source}{table}); "
+            f"migrations in {folder}: {len(plan.steps)} {todo}, {len(state.applied)} applied",
+            target=self.settings.target,
+            storage=self.meta.name,
+            migrations_path=str(src.folder),
+            pending=len(plan.steps) if plan.direction == "up" else None,
+            to_revert=len(plan.steps) if plan.direction == "down" else None,
+            applied=len(state.applied),
+        )
 
     def check_drift(self, src: Source, state: State, announce: bool = True) -> None:
         found = drift(src.migrations, state.applied, state.checksums)
@@ -242,6 +267,8 @@ class Migrator:
             if announce:
                 self.log.warn(f"drift allowed by --allow-drift: {found.describe()}")
             return
+        if wrong_place(found, state):
+            raise DriftError(wrong_place_message(self.settings.target, src, state))
         raise DriftError(
             f"{found.describe()} (in {src.folder}); fix the deployment, or pass --allow-drift"
         )
@@ -271,10 +298,14 @@ class Migrator:
                 "be partly applied); running it again, as sequelize-cli would",
                 migration=name,
             )
-        for i, mig in enumerate(plan.steps):
-            last = i == len(plan.steps) - 1
-            self.apply(conn, mig, plan.direction, executors, with_ts, last, lock.proof())
-            report.done.append(mig.name)
+        self.progress.total = len(plan.steps)
+        try:
+            for i, mig in enumerate(plan.steps):
+                last = i == len(plan.steps) - 1
+                self.apply(conn, mig, plan.direction, executors, with_ts, last, lock.proof())
+                report.done.append(mig.name)
+        finally:
+            self.progress.close()
         return report
 
     def ensure_tables(self, conn: psycopg.Connection) -> bool:
@@ -322,8 +353,7 @@ class Migrator:
         attempt = 0
         isolation: str | None = None  # the level a JS migration's first transaction asked for
         pool_reason = "it declares useTransaction: false"
-        verb = "migrating" if direction == "up" else "reverting"
-        self.log.info(f"== {mig.name}: {verb} =======", migration=mig.name, direction=direction)
+        self.progress.begin(mig, direction, conn)
         while True:
             if not transactional and mig.kind == "js":
                 self.apply_pool(conn, mig, direction, executors, with_ts, lock_proof, pool_reason)
@@ -372,14 +402,7 @@ class Migrator:
                         exit_code=4,
                     )
                 conn.execute(b"COMMIT")
-                past = "migrated" if direction == "up" else "reverted"
-                self.log.info(
-                    f"== {mig.name}: {past} ({elapsed / 1000:.3f}s)",
-                    migration=mig.name,
-                    direction=direction,
-                    duration_ms=round(elapsed, 1),
-                    transactional=transactional,
-                )
+                self.progress.end(mig, direction, elapsed, transactional=transactional)
                 return
             except AtomicModeUnavailable as why:
                 rollback(conn)
@@ -541,15 +564,7 @@ class Migrator:
             )
         guarded(lambda: conn.execute(b"COMMIT"))
         elapsed = (time.perf_counter() - t0) * 1000
-        past = "migrated" if direction == "up" else "reverted"
-        self.log.info(
-            f"== {name}: {past} in pool mode ({elapsed / 1000:.3f}s)",
-            migration=name,
-            direction=direction,
-            duration_ms=round(elapsed, 1),
-            transactional=False,
-            mode="pool",
-        )
+        self.progress.end(mig, direction, elapsed, transactional=False, mode="pool")
 
     def record_failure(
         self,
@@ -574,7 +589,8 @@ class Migrator:
                     started_at=started,
                     duration_ms=(time.perf_counter() - t0) * 1000,
                     note="; ".join(notes) or None,
-                    error=err.message[:2000],
+                    # `history` prints this column: no password may be stored in it
+                    error=redact(err.message, self.settings.password)[:2000],
                 ),
                 self.settings.identity,
             )
@@ -698,6 +714,21 @@ POOL_MODE_NOTE = "runs outside a transaction; not rehearsed"
 
 def not_rehearsed(reason: str) -> str:
     return f"{POOL_MODE_NOTE}: pool mode, because {reason}"
+
+
+def wrong_place(found: Drift, state: State) -> bool:
+    """Every applied migration's file is missing: not drift but the wrong folder or database,
+    which --allow-drift would only make worse (it would apply the folder on top)."""
+    return bool(state.applied) and len(found.missing) == len(state.applied)
+
+
+def wrong_place_message(target: str, src: Source, state: State) -> str:
+    n = len(state.applied)
+    shown = ", ".join(state.applied[:3]) + (f" and {n - 3} more" if n > 3 else "")
+    return (
+        f"applied but file missing: {shown} — that is every migration applied to {target}, "
+        f"none of them is in {src.folder}: wrong --migrations-path, or the wrong database"
+    )
 
 
 def raise_empty(src: Source) -> None:

@@ -115,6 +115,10 @@ class Settings:
     search_dirs: tuple[Path, ...] = ()
     identity: Identity = field(default_factory=lambda: Identity(host="localhost"))
     config_source: str = ""
+    config_file: Path | None = None  # the Sequelize config file in use, if any
+    env_name: str | None = None  # its environment ("Using environment ...")
+    heartbeat: float = 10.0  # seconds between "still running" lines (MIGRUNNER_HEARTBEAT)
+    credentials: str = ""  # where the user/password came from, for authentication hints
     app: Any = field(default=None, repr=False, compare=False)  # the AppConfig, when one was read
     #: JS migrations: refuse queries issued after up()/down() resolved instead of running them
     #: in the migration's transaction (with a warning).
@@ -125,6 +129,16 @@ class Settings:
     @property
     def password(self) -> str | None:
         return self.conninfo.get("password") or None
+
+
+def credentials_origin(source: str, conninfo: Mapping[str, str], environ: Mapping[str, str]) -> str:
+    """Where libpq will take the password from, named for a failed-authentication hint."""
+    if conninfo.get("password"):
+        return {"DB_* environment": "DB_USER/DB_PASSWORD"}.get(source, source)
+    if environ.get("PGPASSWORD"):
+        return "PGPASSWORD"
+    passfile = conninfo.get("passfile") or environ.get("PGPASSFILE") or "~/.pgpass"
+    return f"no password in {source}, PGPASSWORD or {passfile}"
 
 
 def url_to_conninfo(url: str, what: str) -> dict[str, str]:
@@ -308,6 +322,10 @@ def resolve(
         search_dirs=search_dirs,
         identity=Identity.from_env(environ),
         config_source=source,
+        config_file=Path(config_path) if config_path else None,
+        env_name=getattr(app, "env_name", None) if app else None,
+        heartbeat=max(0.1, number(None, environ, "MIGRUNNER_HEARTBEAT", 10)),
+        credentials=credentials_origin(source, conninfo, environ),
         app=app,
         strict_await=opts.strict_await
         or environ.get("MIGRUNNER_STRICT_AWAIT", "") in ("1", "true"),

@@ -28,6 +28,11 @@ class MetaTable:
     def ref(self) -> str:
         return qualified(self.schema, self.table)
 
+    @property
+    def name(self) -> str:
+        """``schema.table`` unquoted, for messages and JSON (``ref`` is the SQL form)."""
+        return f"{self.schema}.{self.table}" if self.schema else self.table
+
     def create_sql(self) -> str:
         cols = '"name" VARCHAR(255) NOT NULL UNIQUE'
         if self.timestamps:

@@ -98,8 +98,10 @@ def test_floating_call_that_fails_rolls_the_migration_back_entirely(
     assert (ours.returncode, theirs.returncode) == (1, 1)
     errors = [line for line in ours.stderr.splitlines() if line.startswith("error:")]
     assert errors[0] == (
-        'error: 20240301000100-floating-fails.js (up): column "cost" of relation "gadgets" does '
-        "not exist [SQLSTATE 42703] in: UPDATE gadgets SET cost = price * 2 (not awaited)"
+        "error: migration 20240301000100-floating-fails.js failed (up) at "
+        f"{folder / '20240301000100-floating-fails.js'}: "
+        'column "cost" of relation "gadgets" does not exist [SQLSTATE 42703] in statement: '
+        "UPDATE gadgets SET cost = price * 2 (not awaited)"
     )
     with psycopg.connect(other_db, autocommit=True) as debris:
         # sequelize-cli: same exit code and SequelizeMeta, but the awaited statements stayed
@@ -126,7 +128,8 @@ def test_strict_await_refuses_floating_calls(
     ours = migrunner(db_url, PARITY, "--strict-await")
     assert ours.returncode == 1
     assert (
-        "error: 20240301000000-only-call.js (up): query issued after up() resolved: "
+        "error: migration 20240301000000-only-call.js failed (up) at "
+        f"{PARITY / '20240301000000-only-call.js'}: query issued after up() resolved: "
         'CREATE TABLE IF NOT EXISTS "gadget_notes"' in ours.stderr
     )
     assert "— missing await? (--strict-await)" in ours.stderr
@@ -152,7 +155,8 @@ def test_settle_timeout_bounds_the_wait(
     ours = migrunner(db_url, folder, "--settle-timeout", "1")
     assert ours.returncode == 1
     assert (
-        "error: 20240301000000-forever.js (up): not finished 1 s after up() resolved: queries "
+        "error: migration 20240301000000-forever.js failed (up) at "
+        f"{folder / '20240301000000-forever.js'}: not finished 1 s after up() resolved: queries "
         "nobody awaited are still running (SELECT pg_sleep(0.05)); raise --settle-timeout, or "
         "await them" in ours.stderr
     )
