@@ -43,7 +43,13 @@ from migrations_compat.bridge_exec import (
     StatementExecutor,
 )
 from migrations_compat.bridge_sql import LABEL_INTROSPECTION, analyze, first_line
-from runner.errors import ConfigError, DatabaseUnavailable, MigrationFailed, MigrunnerError
+from runner.errors import (
+    AtomicModeUnavailable,
+    ConfigError,
+    DatabaseUnavailable,
+    MigrationFailed,
+    MigrunnerError,
+)
 from runner.log import Log
 
 SHIM_DIR = Path(__file__).resolve().parent / "shim"
@@ -563,6 +569,7 @@ class NodeBridge:
         conn: psycopg.Connection[Any],
         transactional: bool = True,
         dry_run: bool = False,
+        isolation: str | None = None,
         observer: Any = None,
     ) -> BridgeOutcome:
         """Run ``up`` or ``down`` of one JS migration on ``conn`` (autocommit mode).
@@ -583,7 +590,9 @@ class NodeBridge:
         if self._late:
             late = self._late.pop(0)
             raise MigrationFailed(self._late_message(late))
-        executor = StatementExecutor(conn, transactional=transactional, dry_run=dry_run)
+        executor = StatementExecutor(
+            conn, transactional=transactional, dry_run=dry_run, isolation=isolation
+        )
         executor.observer = observer  # up --dry-run --analyze (runner/observe.py)
         self._next_id += 1
         run_id = self._next_id
@@ -643,6 +652,11 @@ class NodeBridge:
             raise
         finally:
             self._current = None
+        if executor.abandoned is not None:
+            # Whatever the migration did with the refusals, this attempt is void.
+            raise AtomicModeUnavailable(
+                executor.abandoned.reason, isolation=executor.abandoned.isolation
+            )
         for warning in executor.warnings:
             self.log.warn(f"{name}: {warning}", migration=name)
         if self._late:
@@ -690,6 +704,19 @@ class NodeBridge:
             sequelize_path=self.sequelize_path,
             warnings=list(executor.warnings),
         )
+
+    def run_pool(
+        self,
+        path: Path | str,
+        direction: Direction,
+        conn: psycopg.Connection[Any],
+        connection: Mapping[str, Any],
+    ) -> None:
+        """Run ``up``/``down`` in pool mode, on real connections made with ``connection``
+        (see :mod:`migrations_compat.bridge_pool`); ``conn`` is the runner's idle connection."""
+        from migrations_compat.bridge_pool import run_in_pool
+
+        run_in_pool(self, Path(path).resolve(), direction, conn, connection)
 
     def _warn_floating(
         self, name: str, direction: str, statements: list[str], dry_run: bool

@@ -34,6 +34,9 @@ from runner.log import Log
 from runner.settings import CliOptions, Settings, redact, resolve, secret_values, wants_config
 
 SUCCESS_LINE = "Migrations completed successfully"
+UNFINISHED = (
+    "started in pool mode, never finished: running now, or interrupted (maybe partly applied)"
+)
 
 #: Main commands in --help order; others append theirs (unlisted ones follow, then db:*).
 MAIN_COMMANDS = ["up", "down", "status", "verify", "history", "lock", "wait", "fleet"]
@@ -192,6 +195,13 @@ COMMON = [
         help="Run even if applied migrations' files are missing or changed.",
     ),
     opt(
+        "--pool-mode",
+        env="MIGRUNNER_POOL_MODE",
+        type=click.Choice(["auto", "never"]),
+        help="JS migrations atomic mode cannot run as sequelize-cli would: re-run them on real "
+        "connections, not atomically (auto), or fail them (never).  [default: auto]",
+    ),
+    opt(
         "--strict-await",
         env="MIGRUNNER_STRICT_AWAIT",
         is_flag=True,
@@ -246,6 +256,7 @@ def options_from(kw: dict[str, Any]) -> CliOptions:
         wait_timeout=kw.get("wait_timeout"),
         log_format=kw.get("log_format"),
         allow_drift=bool(kw.get("allow_drift")),
+        pool_mode=kw.get("pool_mode"),
         strict_await=bool(kw.get("strict_await")),
         settle_timeout=kw.get("settle_timeout"),
     )
@@ -537,7 +548,11 @@ def status_lines(report: Any) -> list[str]:
     columns aligned, then one summary line."""
     rows = report.rows()
     width = max((len(r["name"]) for r in rows), default=0)
-    notes = {"changed": "file changed since applied", "missing": "file missing"}
+    notes = {
+        "changed": "file changed since applied",
+        "missing": "file missing",
+        "unfinished": UNFINISHED,
+    }
     lines = []
     for row in rows:
         note = notes.get(row.get("flag", ""), "")
@@ -586,6 +601,7 @@ def do_status(
                         "pending": [m.name for m in report.pending],
                         "missing": list(report.drift.missing),
                         "changed": list(report.drift.changed),
+                        "unfinished": list(report.unfinished),
                         "storage": migrator.meta.name,
                         "summary": status_summary(report),
                     },

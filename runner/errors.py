@@ -6,7 +6,8 @@ only the CLI turns an error into a one-line message and a process exit code (ale
 
 Exit codes (documented in the README):
 
-====  ======================================================================
+====  ===============================================================
+
 0     success
 1     a migration failed (SQL or JS error); that migration was rolled back
 2     usage, configuration or migration-source error (bad input, nothing ran)
@@ -17,7 +18,8 @@ Exit codes (documented in the README):
 7     ``up --dry-run --analyze --fail-on``: a finding of a listed rule was found
 8     ``up --preflight``: an old session holds a lock the plan needs
 9     ``verify``: the round trip did not hold (``runner.verify.VerifyFailed``)
-====  ======================================================================
+====  ===============================================================
+
 """
 
 from __future__ import annotations
@@ -95,3 +97,13 @@ class LockLost(MigrunnerError):
     gone); the running migration was rolled back with it."""
 
     exit_code = 4
+
+
+class AtomicModeUnavailable(MigrunnerError):
+    """Not shown to users: this attempt of a JS migration cannot give sequelize-cli's result on
+    the runner's one transaction. The migrator rolls it back and re-runs the migration, in a
+    transaction begun at ``isolation`` when that is all it needs, else in pool mode."""
+
+    def __init__(self, message: str, *, isolation: str | None = None) -> None:
+        super().__init__(message)
+        self.isolation = isolation

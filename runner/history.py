@@ -2,9 +2,12 @@
 
 One row per attempt that ended (applied, reverted, failed). Success rows are written inside the
 migration's own transaction, so a row exists exactly when the change committed; failure rows
-are written after the rollback, in their own transaction. The table lives next to
-SequelizeMeta (same schema) and is keyed by the SequelizeMeta it belongs to, so two apps
-sharing a database keep separate histories. sequelize-cli never sees it.
+are written after the rollback, in their own transaction. A migration run in pool mode (on real
+connections, not atomic) also gets a ``started`` row, committed before it begins: if the
+runner dies midway, that row stays the migration's latest, and ``status`` flags it.
+
+The table lives next to SequelizeMeta (same schema) and is keyed by the SequelizeMeta it
+belongs to, so two apps sharing a database keep separate histories. sequelize-cli never sees it.
 """
 
 from __future__ import annotations
@@ -21,13 +24,14 @@ if TYPE_CHECKING:
     import psycopg
 
 HISTORY_TABLE = "migrunner_history"
+OUTCOMES = "outcome IN ('applied', 'reverted', 'failed', 'started')"
 
 
 @dataclass(frozen=True)
 class Entry:
     name: str
     direction: str  # up | down
-    outcome: str  # applied | reverted | failed
+    outcome: str  # applied | reverted | failed | started (pool mode, before it runs)
     checksum: str | None
     transactional: bool
     started_at: datetime
@@ -52,7 +56,7 @@ class HistoryTable:
     storage_table text NOT NULL,
     name varchar(255) NOT NULL,
     direction text NOT NULL CHECK (direction IN ('up', 'down')),
-    outcome text NOT NULL CHECK (outcome IN ('applied', 'reverted', 'failed')),
+    outcome text NOT NULL CONSTRAINT migrunner_history_outcome_check CHECK ({OUTCOMES}),
     checksum text,
     transactional boolean NOT NULL,
     attempts integer NOT NULL DEFAULT 1,
@@ -67,7 +71,31 @@ class HistoryTable:
 )"""
 
     def ensure(self, conn: psycopg.Connection) -> None:
-        conn.execute(self.create_sql())
+        conn.execute(self.create_sql() + ";\n" + self.upgrade_sql())
+
+    def upgrade_sql(self) -> str:
+        """A table made by an earlier version lacks the ``started`` outcome: widen its check
+        (once; the condition makes later runs a catalog read)."""
+        literal = "'" + self.ref.replace("'", "''") + "'"
+        return f"""DO $migrunner$ BEGIN
+IF EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = {literal}::regclass
+           AND conname = 'migrunner_history_outcome_check'
+           AND pg_get_constraintdef(oid) NOT LIKE '%started%') THEN
+  ALTER TABLE {self.ref} DROP CONSTRAINT migrunner_history_outcome_check,
+    ADD CONSTRAINT migrunner_history_outcome_check CHECK ({OUTCOMES});
+END IF;
+END $migrunner$"""
+
+    def unfinished(self, conn: psycopg.Connection) -> list[str]:
+        """Migrations whose latest history row is ``started``: a pool-mode run that never
+        finished (still running, or the runner died: possibly partly applied)."""
+        rows = conn.execute(
+            f"SELECT name FROM (SELECT DISTINCT ON (name) name, outcome FROM {self.ref} "
+            "WHERE storage_table = %s ORDER BY name, id DESC) latest WHERE outcome = 'started' "
+            "ORDER BY name",
+            (self.storage,),
+        )
+        return [r[0] for r in rows]
 
     def exists(self, conn: psycopg.Connection) -> bool:
         row = conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (self.ref,)).fetchone()

@@ -14,6 +14,14 @@ Guarantees:
 * a transactional migration failing with 25001 (cannot run inside a transaction block) or
   55P04 (unsafe use of a new enum value) that did not declare its mode is rolled back and re-run
   outside a transaction, with a warning in the log and a note in the history;
+* a JS migration runs in atomic mode (its pool clients multiplexed onto the runner's
+  transaction) while that gives sequelize-cli's result. When its first transaction asks for an
+  isolation level, it is re-run in a runner transaction begun at that level. When atomic mode
+  cannot give sequelize-cli's result (a rollback that would discard work sequelize-cli keeps,
+  another isolation level, ``useTransaction: false``, 25001/55P04), it is rolled back and
+  re-run in *pool mode*: on real connections of its own, exactly as sequelize-cli, under the
+  lock, with a committed ``started`` history row before and SequelizeMeta plus the ``applied``
+  row after — not atomic, so a crash midway is flagged by ``status``;
 * in a run of several migrations, all commits but the last use ``synchronous_commit = off``:
   each stays atomic, and the last, synchronous commit makes all of them durable at once (a
   server crash mid-run loses whole migrations together with their rows, never half of one).
@@ -46,6 +54,7 @@ from runner.db import (
     wait_until_ready,
 )
 from runner.errors import (
+    AtomicModeUnavailable,
     ConfigError,
     DatabaseUnavailable,
     DriftError,
@@ -91,6 +100,7 @@ class State:
     applied: tuple[str, ...]
     checksums: dict[str, str]
     meta_exists: bool
+    history_exists: bool = False
 
 
 @dataclass
@@ -98,6 +108,8 @@ class StatusReport:
     source: Source
     state: State
     drift: Drift
+    #: pool-mode migrations started and never finished (running now, or the runner died)
+    unfinished: tuple[str, ...] = ()
 
     @property
     def pending(self) -> list[Migration]:
@@ -111,6 +123,8 @@ class StatusReport:
             row = {"name": m.name, "state": state, "kind": m.kind}
             if m.name in self.drift.changed:
                 row["flag"] = "changed"
+            elif m.name in self.unfinished:
+                row["flag"] = "unfinished"
             rows.append(row)
         for name in self.drift.missing:
             rows.append({"name": name, "state": "up", "kind": "?", "flag": "missing"})
@@ -162,7 +176,7 @@ class Migrator:
         meta_exists, history_exists = bool(row[1]), bool(row[2])
         applied = tuple(self.meta.applied(conn)) if meta_exists else ()
         checksums = self.history.applied_checksums(conn) if history_exists and applied else {}
-        return State(applied, checksums, meta_exists)
+        return State(applied, checksums, meta_exists, history_exists)
 
     def resolve_schema(self, schema: str | None) -> None:
         """Fix the storage schema for the rest of the run (and the lock key derived from it):
@@ -196,7 +210,11 @@ class Migrator:
         src = self.source()
         with self.connection(wait) as conn:
             state = guarded(lambda: self.read_state(conn))
-        return StatusReport(src, state, drift(src.migrations, state.applied, state.checksums))
+            unfinished = (
+                guarded(lambda: self.history.unfinished(conn)) if state.history_exists else []
+            )
+        found = drift(src.migrations, state.applied, state.checksums)
+        return StatusReport(src, state, found, tuple(unfinished))
 
     # ---- running ---------------------------------------------------------------------------
 
@@ -324,6 +342,14 @@ class Migrator:
             return report
         with_ts = guarded(lambda: self.ensure_tables(conn))
         proof = (conn.info.backend_pid, *pg_locks_ids(lock.key))
+        for name in set(guarded(lambda: self.history.unfinished(conn))) & {
+            m.name for m in plan.steps
+        }:
+            self.log.warn(
+                f"{name}: an earlier run started it in pool mode and never finished it (it may "
+                "be partly applied); running it again, as sequelize-cli would",
+                migration=name,
+            )
         self.progress.total = len(plan.steps)
         try:
             for i, mig in enumerate(plan.steps):
@@ -349,7 +375,9 @@ class Migrator:
         self.history.ensure(conn)
         return with_ts
 
-    def session_setup(self, name: str, transactional: bool, durable: bool) -> str:
+    def session_setup(
+        self, name: str, transactional: bool, durable: bool, isolation: str | None = None
+    ) -> str:
         """One round trip of settings before a migration (application_name, timeouts)."""
         s = self.settings
         ident = s.identity
@@ -363,7 +391,8 @@ class Migrator:
             # until a blocked statement ends; this makes the server notice within a second.
             parts.append("SET client_connection_check_interval = '1s'")
         if transactional:
-            parts.append("BEGIN")
+            # the level first of all: it can only be set before the transaction's first snapshot
+            parts.append(f"BEGIN ISOLATION LEVEL {isolation.upper()}" if isolation else "BEGIN")
         parts.append(f"SET {local}lock_timeout = '{int(s.statement_lock_timeout * 1000)}ms'")
         if s.statement_timeout:
             parts.append(f"SET {local}statement_timeout = '{int(s.statement_timeout * 1000)}ms'")
@@ -386,18 +415,37 @@ class Migrator:
         transactional = True if declared is None else declared
         notes: list[str] = []
         attempt = 0
+        isolation: str | None = None  # the level a JS migration's first transaction asked for
+        pool_reason = "it declares useTransaction: false"
         self.progress.begin(mig, direction, conn)
         while True:
+            if not transactional and mig.kind == "js":
+                self.apply_pool(conn, mig, direction, executors, with_ts, lock_proof, pool_reason)
+                return
             attempt += 1
             started = datetime.now(UTC)
             t0 = time.perf_counter()
             try:
-                conn.execute(self.session_setup(mig.name, transactional, durable).encode())
+                conn.execute(
+                    self.session_setup(mig.name, transactional, durable, isolation).encode()
+                )
                 with (
                     time_limit(self.settings.migration_timeout),
                     session_watch(conn, enabled=mig.kind == "js"),
                 ):
-                    executor.run(mig, direction, conn, transactional=transactional, dry_run=False)
+                    if isolation is not None:
+                        executors.js.run(
+                            mig,
+                            direction,
+                            conn,
+                            transactional=True,
+                            dry_run=False,
+                            isolation=isolation,
+                        )
+                    else:
+                        executor.run(
+                            mig, direction, conn, transactional=transactional, dry_run=False
+                        )
                 if not transactional:
                     conn.execute(b"BEGIN")
                 conn.execute(self.bookkeeping_setup().encode())
@@ -431,6 +479,21 @@ class Migrator:
                 conn.execute(b"COMMIT")
                 self.progress.end(mig, direction, elapsed, transactional=transactional)
                 return
+            except AtomicModeUnavailable as why:
+                rollback(conn)
+                if why.isolation is not None and isolation is None:
+                    isolation = why.isolation
+                    self.log.info(
+                        f"{mig.name}: {why.message}; re-running it in a transaction at that level",
+                        migration=mig.name,
+                        isolation=isolation,
+                    )
+                    notes.append(f"isolation level {isolation}")
+                else:
+                    pool_reason = why.message
+                    transactional = False
+                attempt = 0
+                continue
             except MigrationFailed as err:
                 rollback(conn)
                 if conn.closed or conn.broken:  # e.g. node killed because the session ended
@@ -453,6 +516,7 @@ class Migrator:
                     )
                     self.log.warn(msg, migration=mig.name, sqlstate=err.sqlstate)
                     notes.append(f"re-run outside a transaction after SQLSTATE {err.sqlstate}")
+                    pool_reason = f"SQLSTATE {err.sqlstate} ({NEEDS_AUTOCOMMIT[err.sqlstate]})"
                     transactional = False
                     attempt = 0
                     continue
@@ -550,6 +614,105 @@ class Migrator:
             err = DatabaseUnavailable(f"{why}; the migration lock went with it; {effect}")
         return err
 
+    def apply_pool(
+        self,
+        conn: psycopg.Connection,
+        mig: Migration,
+        direction: str,
+        executors: Executors,
+        with_ts: bool,
+        lock_proof: tuple[int, int, int],
+        reason: str,
+    ) -> None:
+        """Run a JS migration in pool mode (see the module docstring): not atomic, so its
+        ``started`` row is committed first and SequelizeMeta is written only after success."""
+        name = mig.name
+        if self.settings.pool_mode == "never":
+            refused = MigrationFailed(
+                f"{name} ({direction}) would need pool mode (not atomic) because {reason}; "
+                "refused by --pool-mode never (nothing of it was applied)"
+            )
+            started = datetime.now(UTC)
+            self.record_failure(
+                conn, mig, direction, False, started, time.perf_counter(), refused, []
+            )
+            raise refused
+        self.log.warn(
+            f"{name}: running it in pool mode — on real connections of its own, exactly as "
+            f"sequelize-cli would, NOT atomically — because {reason}",
+            migration=name,
+            mode="pool",
+        )
+        note = f"pool mode: {reason}"
+        started = datetime.now(UTC)
+        t0 = time.perf_counter()
+        rollback(conn)
+
+        def entry(outcome: str, error: str | None = None) -> Entry:
+            return Entry(
+                name=name,
+                direction=direction,
+                outcome=outcome,
+                checksum=mig.checksum,
+                transactional=False,
+                started_at=started,
+                duration_ms=(time.perf_counter() - t0) * 1000,
+                note=note,
+                error=error,
+            )
+
+        who = self.settings.identity
+        conn.execute(self.session_setup(name, False, True).encode())
+        if not guarded(lambda: self.history.record(conn, entry("started"), who, lock_proof)):
+            raise LockLost(
+                f"lost the migration lock before running {name} in pool mode; nothing ran"
+            )
+        app = f"migrunner/{who.version} pool-mode running {name}"
+        try:
+            # the lock lives on ``conn``: if its session ends, node is stopped at once
+            with time_limit(self.settings.migration_timeout), session_watch(conn, enabled=True):
+                executors.js.run_pool(
+                    mig,
+                    direction,
+                    conn,
+                    self.settings.conninfo,
+                    app.encode()[:63].decode("utf-8", "ignore"),
+                )
+        except MigrationFailed as err:
+            failed = MigrationFailed(
+                f"{err.message} — in pool mode (not atomic): what it did before failing stays, "
+                "as under sequelize-cli",
+                sqlstate=err.sqlstate,
+            )
+            self.record_failure(conn, mig, direction, False, started, t0, failed, [note])
+            raise failed from None
+
+        def record() -> bool:
+            conn.execute(b"BEGIN")
+            conn.execute(self.bookkeeping_setup().encode())
+            if direction == "up":
+                self.meta.log(conn, name, with_ts)
+            else:
+                self.meta.unlog(conn, name)
+            return self.history.record(
+                conn, entry("applied" if direction == "up" else "reverted"), who, lock_proof
+            )
+
+        try:
+            still_locked = guarded(record)
+        except BaseException:
+            rollback(conn)
+            raise
+        if not still_locked:
+            rollback(conn)
+            raise LockLost(
+                f"lost the migration lock while running {name} in pool mode: its changes are in "
+                "the database but it is NOT recorded as applied (status flags it)"
+            )
+        guarded(lambda: conn.execute(b"COMMIT"))
+        elapsed = (time.perf_counter() - t0) * 1000
+        self.progress.end(mig, direction, elapsed, transactional=False, mode="pool")
+
     def record_failure(
         self,
         conn: psycopg.Connection,
@@ -612,7 +775,14 @@ class Migrator:
                 )
                 executor = executors.for_(mig)
                 declared = executor.declared_transactional(mig, plan.direction)
-                result = executor.run(mig, plan.direction, conn, transactional=True, dry_run=True)
+                if mig.kind == "js":
+                    result = self.rehearse_js(conn, mig, plan.direction, executors, declared)
+                    if result.not_rehearsed and result.not_rehearsed.startswith(POOL_MODE_NOTE):
+                        declared = False  # it runs outside a transaction
+                else:
+                    result = executor.run(
+                        mig, plan.direction, conn, transactional=True, dry_run=True
+                    )
                 report.dry_run.append((mig, declared is not False, result))
                 conn.execute(BOOKKEEPING_IDENTITY)
                 if plan.direction == "up":
@@ -667,6 +837,38 @@ class Migrator:
             if isinstance(exc, MigrunnerError):
                 raise
             raise MigrationFailed(f"dry run failed: {first_line(exc)}") from None
+
+    def rehearse_js(
+        self,
+        conn: psycopg.Connection,
+        mig: Migration,
+        direction: str,
+        executors: Executors,
+        declared: bool | None,
+    ) -> RunResult:
+        """Rehearse a JS migration inside the dry run's transaction — unless it would run in pool
+        mode, which nothing can rehearse without doing it for real: then it is not run at all
+        (or, found out midway, rolled back to before it) and reported as such."""
+        from runner.executors import RunResult
+
+        if declared is False:
+            return RunResult(not_rehearsed=not_rehearsed("it declares useTransaction: false"))
+        conn.execute(b"SAVEPOINT migrunner_rehearse_js")
+        try:
+            result = executors.js.run(mig, direction, conn, transactional=True, dry_run=True)
+        except AtomicModeUnavailable as why:
+            conn.execute(b"ROLLBACK TO SAVEPOINT migrunner_rehearse_js")
+            self.log.warn(f"{mig.name}: would run in pool mode ({why.message}); not rehearsed")
+            return RunResult(not_rehearsed=not_rehearsed(why.message))
+        conn.execute(b"RELEASE SAVEPOINT migrunner_rehearse_js")
+        return result
+
+
+POOL_MODE_NOTE = "runs outside a transaction; not rehearsed"
+
+
+def not_rehearsed(reason: str) -> str:
+    return f"{POOL_MODE_NOTE}: pool mode, because {reason}"
 
 
 def wrong_place(found: Drift, state: State) -> bool:

@@ -90,6 +90,7 @@ class CliOptions:
     wait_timeout: float | None = None
     log_format: str | None = None
     allow_drift: bool = False
+    pool_mode: str | None = None
     strict_await: bool = False
     settle_timeout: float | None = None
 
@@ -109,6 +110,9 @@ class Settings:
     retries: int = 5
     wait_timeout: float = 60.0
     allow_drift: bool = False
+    #: "auto": a JS migration atomic mode cannot run faithfully re-runs in pool mode (real
+    #: connections, not atomic, as sequelize-cli); "never": it fails instead.
+    pool_mode: str = "auto"
     non_transactional: frozenset[str] = frozenset()
     sequelize_options: Mapping[str, Any] = field(default_factory=dict)
     search_dirs: tuple[Path, ...] = ()
@@ -347,7 +351,11 @@ def resolve(
         if opts.retries is not None
         else int(number(None, environ, "MIGRUNNER_RETRIES", 5))
     )
+    pool_mode = opts.pool_mode or environ.get("MIGRUNNER_POOL_MODE") or "auto"
+    if pool_mode not in ("auto", "never"):
+        raise ConfigError(f"--pool-mode {pool_mode!r}: expected auto or never")
     return Settings(
+        pool_mode=pool_mode,
         conninfo=conninfo,
         target=describe(conninfo, environ),
         migrations_path=migrations_path,
