@@ -976,7 +976,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="write the results table here (default: bench/RESULTS.md on a full run, "
         "none with --quick or --only)",
     )
-    ap.add_argument("--migrunner", type=Path, default=ROOT / ".venv" / "bin" / "migrunner")
+    ap.add_argument(
+        "--migrunner",
+        type=Path,
+        default=default_migrunner(),
+        help="the migrunner executable (default: the one next to this Python, else on PATH)",
+    )
     ap.add_argument(
         "--baseline",
         type=Path,
@@ -1001,6 +1006,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.markdown is None and not quick and not args.only:
         args.markdown = BENCH / "RESULTS.md"
     return args
+
+
+def default_migrunner() -> Path:
+    """The console script installed with the interpreter running the bench (any venv, not
+    only ``.venv``), else whatever ``migrunner`` is on PATH."""
+    beside = Path(sys.executable).parent / "migrunner"
+    if beside.exists():
+        return beside
+    found = shutil.which("migrunner")
+    return Path(found) if found else beside
 
 
 @contextmanager

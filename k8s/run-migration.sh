@@ -4,7 +4,7 @@
 # Deletes the previous Job (Jobs are immutable; asks first unless --yes), applies the manifest,
 # waits for the pod, follows the migrunner container's log (following retries too), then reports
 # from the Job's status and the container's exit code, which migrunner makes meaningful
-# (1 migration failed, 2 bad config/input, 4 lock timeout, 5 database unreachable, 6 drift).
+# (1 migration failed, 2 bad config/input, 4 lock timeout or lock lost, 5 database unreachable, 6 drift).
 # Finally it prints `migrunner status` and `migrunner lock status`, run in a copy of the Job's
 # pod (kubectl debug --copy-to) so they see the same files, env and secrets as the run itself.
 set -euo pipefail
@@ -29,7 +29,7 @@ Options:
 Environment: KUBECTL (kubectl binary, default: kubectl).
 
 Exit status: 0 the Job succeeded; migrunner's exit code when its container failed with one
-(1 migration failed, 2 bad config or input, 4 lock timeout, 5 database unreachable, 6 drift);
+(1 migration failed, 2 bad config or input, 4 lock timeout or lock lost, 5 database unreachable, 6 drift);
 1 any other failure or a declined deletion; 2 usage error.
 EOF
 }
@@ -94,7 +94,7 @@ explain_exit() {
     1) echo "a migration failed and was rolled back (see the log above)" ;;
     2) echo "bad configuration, options or migration files: nothing ran" ;;
     3) echo "migrations are pending" ;;
-    4) echo "lock timeout: another runner held the migration lock too long" ;;
+    4) echo "migration lock: another runner held it too long, or this runner lost it mid-run" ;;
     5) echo "database unreachable, or the connection was lost" ;;
     6) echo "drift: an applied migration's file is missing or was edited" ;;
     137) echo "killed (out of memory, or the Job's activeDeadlineSeconds)" ;;

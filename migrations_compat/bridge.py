@@ -43,7 +43,13 @@ from migrations_compat.bridge_exec import (
     StatementExecutor,
 )
 from migrations_compat.bridge_sql import LABEL_INTROSPECTION, analyze, first_line
-from runner.errors import ConfigError, DatabaseUnavailable, MigrationFailed, MigrunnerError
+from runner.errors import (
+    AtomicModeUnavailable,
+    ConfigError,
+    DatabaseUnavailable,
+    MigrationFailed,
+    MigrunnerError,
+)
 from runner.log import Log
 
 SHIM_DIR = Path(__file__).resolve().parent / "shim"
@@ -545,12 +551,14 @@ class NodeBridge:
         except _NodeGone as exc:
             tail = self._tail(node, exc)
             self.close()
-            raise MigrationFailed(f"{path.name}: the node bridge died: {tail}") from None
+            raise MigrationFailed(
+                f"{_where(path.name, None, path, None)}: the node bridge died: {tail}"
+            ) from None
         except BaseException:
             self.close()
             raise
         if msg.get("err"):
-            raise MigrationFailed(self._js_failure(path.name, None, msg["err"]))
+            raise MigrationFailed(self._js_failure(path.name, None, msg["err"], path))
         flag = msg.get("useTransaction")
         return None if flag is None else bool(flag)
 
@@ -561,6 +569,7 @@ class NodeBridge:
         conn: psycopg.Connection[Any],
         transactional: bool = True,
         dry_run: bool = False,
+        isolation: str | None = None,
         observer: Any = None,
     ) -> BridgeOutcome:
         """Run ``up`` or ``down`` of one JS migration on ``conn`` (autocommit mode).
@@ -581,7 +590,9 @@ class NodeBridge:
         if self._late:
             late = self._late.pop(0)
             raise MigrationFailed(self._late_message(late))
-        executor = StatementExecutor(conn, transactional=transactional, dry_run=dry_run)
+        executor = StatementExecutor(
+            conn, transactional=transactional, dry_run=dry_run, isolation=isolation
+        )
         executor.observer = observer  # up --dry-run --analyze (runner/observe.py)
         self._next_id += 1
         run_id = self._next_id
@@ -631,7 +642,9 @@ class NodeBridge:
         except _NodeGone as exc:
             tail = self._tail(node, exc)
             self.close()
-            raise MigrationFailed(f"{name} ({direction}): node exited: {tail}") from None
+            raise MigrationFailed(
+                f"{_where(name, direction, path, None)}: node exited: {tail}"
+            ) from None
         except BaseException:
             # Lost connection, interrupt, protocol error: node's state is unknown; a later run
             # starts a fresh one.
@@ -639,6 +652,11 @@ class NodeBridge:
             raise
         finally:
             self._current = None
+        if executor.abandoned is not None:
+            # Whatever the migration did with the refusals, this attempt is void.
+            raise AtomicModeUnavailable(
+                executor.abandoned.reason, isolation=executor.abandoned.isolation
+            )
         for warning in executor.warnings:
             self.log.warn(f"{name}: {warning}", migration=name)
         if self._late:
@@ -646,12 +664,13 @@ class NodeBridge:
             raise MigrationFailed(self._late_message(self._late.pop(0)))
         sticky = executor.non_transactional_error
         if sticky is not None:
-            raise self._statement_failure(name, direction, sticky)
+            line = (msg.get("err") or {}).get("line")  # the migration's line, when node knows it
+            raise self._statement_failure(name, direction, sticky, path, line)
         running = [str(sql) for sql in msg.get("running") or []]
         if not msg.get("ok"):
             err = msg.get("err") or {}
             sqlstate = err.get("code") or None
-            text = self._js_failure(name, direction, err)
+            text = self._js_failure(name, direction, err, path)
             if err.get("sql") is not None and str(err["sql"]) in {*floating, *running}:
                 text += " (not awaited)"
             if err.get("external") and sqlstate == "55P03":
@@ -668,12 +687,15 @@ class NodeBridge:
                 if msg.get(key):
                     raise MigrationFailed(
                         self._secrets.redact(
-                            f"{name} ({direction}): query {what} {direction}() resolved: "
+                            f"{_where(name, direction, path, None)}: "
+                            f"query {what} {direction}() resolved: "
                             f"{first_line(str(msg[key][0]))} — missing await? (--strict-await)"
                         )
                     )
         if problem is not None:
-            raise MigrationFailed(self._secrets.redact(f"{name} ({direction}): {problem}"))
+            raise MigrationFailed(
+                self._secrets.redact(f"{_where(name, direction, path, None)}: {problem}")
+            )
         if running or floating:
             self._warn_floating(name, direction, running + floating, dry_run)
         return BridgeOutcome(
@@ -682,6 +704,19 @@ class NodeBridge:
             sequelize_path=self.sequelize_path,
             warnings=list(executor.warnings),
         )
+
+    def run_pool(
+        self,
+        path: Path | str,
+        direction: Direction,
+        conn: psycopg.Connection[Any],
+        connection: Mapping[str, Any],
+    ) -> None:
+        """Run ``up``/``down`` in pool mode, on real connections made with ``connection``
+        (see :mod:`migrations_compat.bridge_pool`); ``conn`` is the runner's idle connection."""
+        from migrations_compat.bridge_pool import run_in_pool
+
+        run_in_pool(self, Path(path).resolve(), direction, conn, connection)
 
     def _warn_floating(
         self, name: str, direction: str, statements: list[str], dry_run: bool
@@ -774,42 +809,65 @@ class NodeBridge:
     def _late_message(self, msg: Mapping[str, Any]) -> str:
         """A query a migration issued after it had settled and its transaction had ended: it
         was refused (never run in a later migration's transaction), so the run stops here."""
-        name = Path(str(msg.get("file", "?"))).name
+        file = Path(str(msg.get("file", "?")))
         direction = msg.get("dir", "up")
         return self._secrets.redact(
-            f"{name} ({direction}): query issued after {direction}() had finished and its "
+            f"{_where(file.name, direction, file, None)}: "
+            f"query issued after {direction}() had finished and its "
             f"transaction had ended; it was not executed: {first_line(str(msg.get('sql', '')))} "
             "— await it (or return its promise)"
         )
 
-    def _statement_failure(self, name: str, direction: str, err: StatementError) -> MigrationFailed:
-        text = f"{name} ({direction}): {err.message}"
+    def _statement_failure(
+        self,
+        name: str,
+        direction: str,
+        err: StatementError,
+        path: Path | None = None,
+        line: Any = None,
+    ) -> MigrationFailed:
+        text = f"{_where(name, direction, path, line)}: {err.message}"
         if err.sqlstate:
             text += f" [SQLSTATE {err.sqlstate}]"
         if err.sql:
-            text += f" in: {first_line(err.sql)}"
+            text += f" in statement: {_one_line(err.sql)}"
         return MigrationFailed(self._secrets.redact(text), sqlstate=err.sqlstate)
 
-    def _js_failure(self, name: str, direction: str | None, err: Mapping[str, Any]) -> str:
-        where = f"{name} ({direction})" if direction else name
+    def _js_failure(
+        self, name: str, direction: str | None, err: Mapping[str, Any], path: Path | None = None
+    ) -> str:
+        """Worded like a SQL migration's failure: file and line where known, the message,
+        SQLSTATE and statement (``migration X failed (up) at /path/X.js:12: ...``)."""
         message = str(err.get("message") or "")
         kind = err.get("kind")
         error_name = str(err.get("name") or "Error")
+        line = err.get("line")
         if kind == "syntax":
-            location = f"{Path(str(err.get('file') or name)).name}:{err.get('line')}"
-            text = f"{where}: {error_name}: {message} at {location}"
+            file = Path(str(err.get("file") or path or name))
+            text = f"{_where(name, direction, file, line)}: {error_name}: {message}"
         else:
             generic = error_name in ("Error", "error") or err.get("code") or kind != "exception"
-            text = f"{where}: {message if generic else f'{error_name}: {message}'}"
+            text = f"{_where(name, direction, path, line if kind == 'exception' else None)}: "
+            text += message if generic else f"{error_name}: {message}"
             if err.get("detail"):
                 text += f" ({err['detail']})"
             if err.get("code"):
                 text += f" [SQLSTATE {err['code']}]"
             if err.get("sql"):
-                text += f" in: {first_line(str(err['sql']))}"
-            elif err.get("line") and kind == "exception":
-                text += f" at {name}:{err['line']}"
+                text += f" in statement: {_one_line(str(err['sql']))}"
         return self._secrets.redact(" ".join(text.split("\n")))
+
+
+def _where(name: str, direction: str | None, path: Path | None, line: Any) -> str:
+    """``migration NAME failed (DIR) at PATH:LINE``, as SQL migrations' errors begin."""
+    what = f"failed ({direction})" if direction else "failed to load"
+    at = f" at {path}{f':{line}' if line else ''}" if path is not None else ""
+    return f"migration {name} {what}{at}"
+
+
+def _one_line(sql: str, limit: int = 160) -> str:
+    text = " ".join(sql.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _row_sender(node: _NodeProcess, query_id: Any) -> RowSink:

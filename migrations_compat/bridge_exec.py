@@ -4,15 +4,22 @@ One :class:`StatementExecutor` serves one ``up()``/``down()``. Every Sequelize c
 migration shares the runner's single session, so this is where a migration's idea of
 transactions is mapped onto the runner's:
 
-* transactional mode (the runner has done ``BEGIN``): the migration's ``BEGIN`` / ``COMMIT`` /
-  ``ROLLBACK`` become ``SAVEPOINT`` / ``RELEASE`` / ``ROLLBACK TO``; every other statement runs
-  inside its own savepoint, so an error the migration catches (try/catch idempotency) leaves the
-  runner's transaction usable, while a statement that fails inside the migration's own
-  transaction marks that transaction aborted, as PostgreSQL would; session ``SET``\\ s become
-  ``SET LOCAL`` so nothing leaks past the runner's ``COMMIT``;
-* non-transactional mode (sequelize-cli semantics, for ``CREATE INDEX CONCURRENTLY`` and
-  friends): statements run as sent, in autocommit, and session settings the migration changed
-  are restored afterwards.
+* transactional mode, the bridge's *atomic mode* (the runner has done ``BEGIN``): the
+  migration's ``BEGIN`` / ``COMMIT`` / ``ROLLBACK`` become ``SAVEPOINT`` / ``RELEASE`` /
+  ``ROLLBACK TO``; every other statement runs inside its own savepoint, so an error the
+  migration catches (try/catch idempotency) leaves the runner's transaction usable, while a
+  statement that fails inside the migration's own transaction marks that transaction aborted,
+  as PostgreSQL would; session ``SET``\\ s become ``SET LOCAL`` so nothing leaks past the
+  runner's ``COMMIT``. :mod:`migrations_compat.bridge_tracking` records which client and which
+  of the migration's transactions owns each statement; when a rollback would discard work
+  sequelize-cli keeps, or a transaction asks for an isolation level or access mode the runner's
+  transaction does not have, the attempt is *abandoned*: every later query is refused unrun and
+  :meth:`NodeBridge.run` raises ``AtomicModeUnavailable``, so the migrator rolls back and re-runs
+  the migration at that isolation level or in pool mode (:mod:`migrations_compat.bridge_pool`);
+* non-transactional mode: statements run as sent, in autocommit on the runner's one session,
+  and session settings the migration changed are restored afterwards. The migrator no longer
+  uses it (``useTransaction: false`` and the 25001/55P04 fallback run in pool mode, on real
+  connections as sequelize-cli); it stays for callers of the bridge that want one session.
 
 Results are returned as the server's text values plus type OIDs; the JS side parses them with
 Sequelize's own type parsers.
@@ -35,14 +42,17 @@ from psycopg.abc import Buffer
 from psycopg.adapt import Loader
 
 from migrations_compat.bridge_sql import (
+    LABEL_INTROSPECTION,
     LABEL_NON_TRANSACTIONAL,
     LABEL_STATEMENT,
     LABEL_TRANSACTION_CONTROL,
     Kind,
     Piece,
     analyze,
+    first_line,
     make_local,
 )
+from migrations_compat.bridge_tracking import NotRepresentable, Step, Tracker
 from runner.errors import DatabaseUnavailable
 
 #: Savepoint wrapped around each statement in transactional mode.
@@ -99,21 +109,50 @@ class StatementError:
         return {"message": self.message, "code": self.sqlstate, **self.fields}
 
 
-@dataclass
-class _Frame:
-    """An open transaction or savepoint of the migration, on the session's savepoint stack."""
+@dataclass(frozen=True)
+class Abandoned:
+    """Why this attempt left atomic mode; ``isolation``: re-run atomically at that level."""
 
-    client: int
-    name: str
-    is_transaction: bool  # True: mapped BEGIN; False: the migration's own SAVEPOINT
-    aborted: bool = False
+    reason: str
+    isolation: str | None = None
+
+
+@dataclass(frozen=True)
+class Characteristics:
+    isolation: str | None = None  # lower case, as SHOW transaction_isolation says it
+    read_only: bool = False
+
+
+_ISOLATION = re.compile(
+    r"\bISOLATION\s+LEVEL\s+(SERIALIZABLE|REPEATABLE\s+READ|READ\s+COMMITTED|READ\s+UNCOMMITTED)",
+    re.I,
+)
+_READ_ONLY = re.compile(r"\bREAD\s+ONLY\b", re.I)
+
+
+def requested_characteristics(text: str) -> Characteristics:
+    """The isolation level and access mode a BEGIN / SET TRANSACTION asks for."""
+    match = _ISOLATION.search(text)
+    level = " ".join(match.group(1).lower().split()) if match else None
+    return Characteristics(level, bool(_READ_ONLY.search(text)))
 
 
 class StatementExecutor:
     """Runs one migration's statements; see the module docstring for the two modes."""
 
-    def __init__(self, conn: psycopg.Connection[Any], *, transactional: bool, dry_run: bool):
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        *,
+        transactional: bool,
+        dry_run: bool,
+        isolation: str | None = None,
+    ):
         self.conn = conn
+        #: The isolation level the migrator began the runner's transaction with (None: the
+        #: session's default, read when first needed).
+        self.isolation = isolation
+        self._level_chosen = isolation is not None
         self.transactional = transactional or dry_run
         self.dry_run = dry_run
         self.statements: list[ExecutedStatement] = []
@@ -121,9 +160,10 @@ class StatementExecutor:
         #: First 25001/55P04 met in a real transactional run (even if the migration caught it).
         self.non_transactional_error: StatementError | None = None
         self.last_error: StatementError | None = None
-        self._frames: list[_Frame] = []
+        self.tracker = Tracker()
+        #: Set once this attempt cannot give sequelize-cli's result in atomic mode.
+        self.abandoned: Abandoned | None = None
         self._saved_settings: dict[str, str | None] = {}
-        self._tx_counter = 0
         self._encoding = conn.info.encoding
         self._rows: RowSink | None = None
         self._cursor: psycopg.RawCursor[Any] | None = None
@@ -144,7 +184,16 @@ class StatementExecutor:
         ``rows`` receives the chunks of a large result before the reply (see :func:`_stream`).
         """
         self._rows = rows
+        sql = _without_lone_surrogates(sql)
         values = _decode_params(params)
+        if self.abandoned is not None:
+            # Nothing more runs in this attempt; the migrator rolls it back and re-runs it.
+            self._record(sql, values, LABEL_STATEMENT, executed_as="(not run: re-run follows)")
+            pieces = analyze(sql)
+            if all(p.kind.is_transaction_control for p in pieces):
+                # "succeeds" unrun: Sequelize would log a failed ROLLBACK as the app's problem
+                return {"r": [_empty_result(p.command) for p in pieces]}
+            return {"e": self._abandoned_error(sql).payload()}
         t0 = time.perf_counter()
         try:
             if self.transactional:
@@ -169,8 +218,8 @@ class StatementExecutor:
         self._check_connection()
         status = self.conn.info.transaction_status
         if self.transactional:
-            open_tx = any(f.is_transaction for f in self._frames)
-            self._frames.clear()
+            open_tx = self.tracker.has_open_transaction()
+            self.tracker.frames.clear()
             if status == pq.TransactionStatus.INTRANS:
                 self._restore_settings()
             if open_tx:
@@ -193,7 +242,7 @@ class StatementExecutor:
         self, client: int, sql: str, values: list[Any] | None
     ) -> list[dict[str, Any]]:
         pieces = analyze(sql)
-        frame = self._client_transaction(client)
+        frame = self.tracker.transaction_of(client)
         if frame is not None and frame.aborted and not _recovers(pieces[0]):
             err = StatementError(
                 "current transaction is aborted, commands ignored until end of transaction block",
@@ -252,13 +301,13 @@ class StatementExecutor:
                 return [_empty_result("") for _ in pieces]
             if err.sqlstate in NON_TRANSACTIONAL_SQLSTATES and self.non_transactional_error is None:
                 self.non_transactional_error = err
-            frame = self._client_transaction(client)
-            if frame is not None:
-                frame.aborted = True
+            self.tracker.failed(client)
             self._record(original, values, label, err.sqlstate, executed_as)
             failed = StatementError(err.message, err.sqlstate, original, err.fields)
             raise StatementFailure(failed) from None
         self._record(original, values, label, executed_as=executed_as)
+        if label != LABEL_INTROSPECTION:
+            self.tracker.statement(client)
         for i in sorted(synthetic):
             results.insert(i, synthetic[i])
         return results
@@ -319,7 +368,7 @@ class StatementExecutor:
         runner's own transaction and leave the migration half-applied."""
         if not piece.chain:
             return self._transaction_control(client, piece)
-        if self._client_transaction(client) is None:
+        if self.tracker.transaction_of(client) is None:
             err = StatementError(
                 f"{piece.command} AND CHAIN can only be used in transaction blocks",
                 "25P01",
@@ -334,89 +383,119 @@ class StatementExecutor:
         return result
 
     def _transaction_control(self, client: int, piece: Piece) -> dict[str, Any]:
-        """Map the migration's transaction control onto savepoints of the runner's transaction."""
-        executed: str | None = None
-        command = piece.command
+        """Map the migration's transaction control onto savepoints of the runner's transaction.
+
+        The tracker decides what each one becomes; when it cannot be represented without
+        losing work sequelize-cli keeps, atomic mode is abandoned (see :meth:`_abandon`).
+        """
+        tracker = self.tracker
         error: StatementError | None = None
-        if piece.kind is Kind.BEGIN:
-            # A second BEGIN on the same connection is a no-op (PostgreSQL only warns).
-            if self._client_transaction(client) is None:
-                self._tx_counter += 1
-                name = f"migrunner_tx_{self._tx_counter}"
-                executed = f"SAVEPOINT {name}"
-                self._run_control(executed)
-                self._frames.append(_Frame(client, name, is_transaction=True))
-            lowered = piece.text.lower()
-            if "isolation" in lowered or "read only" in lowered or "deferrable" in lowered:
-                self._warn(
-                    f"transaction options ignored inside the runner's transaction: {piece.text}"
-                )
-        elif piece.kind in (Kind.COMMIT, Kind.ROLLBACK):
-            tx = self._client_transaction(client)
-            if tx is not None:
-                rollback = piece.kind is Kind.ROLLBACK or tx.aborted
-                executed = (
-                    f"ROLLBACK TO SAVEPOINT {tx.name}; RELEASE SAVEPOINT {tx.name}"
-                    if rollback
-                    else f"RELEASE SAVEPOINT {tx.name}"
-                )
-                command = "ROLLBACK" if rollback else "COMMIT"
-                self._run_control(executed)
-                self._pop_to(tx, keep=False)
-        elif piece.kind is Kind.SET_TRANSACTION:
-            self._warn(f"skipped inside the runner's transaction: {piece.text}")
-        elif piece.kind is Kind.SAVEPOINT:
-            if self._client_transaction(client) is None:
-                error = StatementError(
-                    "SAVEPOINT can only be used in transaction blocks", "25P01", piece.text
-                )
-            else:
-                executed = piece.text
-                self._run_control(executed)
-                self._frames.append(_Frame(client, piece.savepoint or "", is_transaction=False))
-        else:  # RELEASE / ROLLBACK TO a savepoint of the migration
-            target = self._find_savepoint(client, piece.savepoint)
-            if target is None:
-                error = StatementError(
-                    f'savepoint "{piece.savepoint}" does not exist', "3B001", piece.text
-                )
-            else:
-                executed = piece.text
-                self._run_control(executed)
-                keep = piece.kind is Kind.ROLLBACK_TO
-                self._pop_to(target, keep=keep)
-                tx = self._client_transaction(client)
-                if keep and tx is not None:
-                    tx.aborted = False
+        step = Step("", piece.command)
+        try:
+            if piece.kind is Kind.BEGIN:
+                step = tracker.begin(client)
+                if step.sql:
+                    self._run_control(step.sql)
+                self._characteristics(client, piece.text)
+            elif piece.kind is Kind.COMMIT:
+                step = tracker.commit(client)
+            elif piece.kind is Kind.ROLLBACK:
+                step = tracker.rollback(client)
+            elif piece.kind is Kind.SET_TRANSACTION:
+                if piece.guc == "TRANSACTION" and tracker.transaction_of(client) is not None:
+                    self._characteristics(client, piece.text)
+                else:
+                    self._warn(f"skipped inside the runner's transaction: {piece.text}")
+            elif piece.kind is Kind.SAVEPOINT:
+                if tracker.transaction_of(client) is None:
+                    error = StatementError(
+                        "SAVEPOINT can only be used in transaction blocks", "25P01", piece.text
+                    )
+                else:
+                    step = tracker.savepoint(client, piece.savepoint or "")
+            else:  # RELEASE / ROLLBACK TO a savepoint of the migration
+                target = tracker.find_savepoint(client, piece.savepoint)
+                if target is None:
+                    error = StatementError(
+                        f'savepoint "{piece.savepoint}" does not exist', "3B001", piece.text
+                    )
+                elif piece.kind is Kind.ROLLBACK_TO:
+                    step = tracker.rollback_to(client, target)
+                else:
+                    step = tracker.release(client, target)
+        except NotRepresentable as exc:
+            # Unrun, and "successful": the attempt is void anyway, and a failed ROLLBACK would
+            # be logged by Sequelize as if the app had a problem.
+            self._abandon(str(exc))
+            self._record(piece.text, None, LABEL_TRANSACTION_CONTROL, executed_as="(not run)")
+            return _empty_result(piece.command)
+        if piece.kind is not Kind.BEGIN and step.sql:
+            self._run_control(step.sql)
         self._record(
             piece.text,
             None,
             LABEL_TRANSACTION_CONTROL,
             error.sqlstate if error else None,
-            executed if executed != piece.text else None,
+            step.sql if step.sql != piece.text else None,
         )
         if error is not None:
             raise StatementFailure(error)
-        return _empty_result(command)
+        return _empty_result(step.command)
 
-    def _client_transaction(self, client: int) -> _Frame | None:
-        for frame in self._frames:
-            if frame.client == client and frame.is_transaction:
-                return frame
-        return None
+    def _characteristics(self, client: int, text: str) -> None:
+        """Honour a transaction's isolation level / access mode, or abandon atomic mode.
 
-    def _find_savepoint(self, client: int, name: str | None) -> _Frame | None:
-        for frame in reversed(self._frames):
-            if frame.client == client and not frame.is_transaction and frame.name == name:
-                return frame
-        return None
+        Savepoints have no isolation level of their own: the runner's transaction must have it.
+        It can be given one only before its first snapshot, so a level requested by the
+        migration's first statement makes the migrator re-run the migration in a runner
+        transaction begun at that level; any later or differing request needs pool mode.
+        """
+        wanted = requested_characteristics(text)
+        have = self._runner_isolation() if wanted.isolation is not None else None
+        if wanted.read_only:
+            self._abandon(
+                "a READ ONLY transaction cannot be represented inside the runner's read-write "
+                f"transaction ({first_line(text)})"
+            )
+        elif wanted.isolation is not None and wanted.isolation != have:
+            first = self.tracker.transactions_begun == 1 and not self.tracker.ledger
+            if first and not self._level_chosen:
+                if self.dry_run:  # the dry run's one transaction has its level already
+                    self._warn(
+                        f"isolation level {wanted.isolation} rehearsed at the dry run's {have} "
+                        f"(the real run uses {wanted.isolation}): {first_line(text)}"
+                    )
+                    return
+                self._abandon(
+                    f"its first transaction asks for isolation level {wanted.isolation}",
+                    isolation=wanted.isolation,
+                )
+            else:
+                self._abandon(
+                    f"a transaction asks for isolation level {wanted.isolation} while the "
+                    f"runner's transaction is {have}"
+                )
+        else:
+            return
+        raise StatementFailure(self._abandoned_error(text))
 
-    def _pop_to(self, frame: _Frame, *, keep: bool) -> None:
-        index = next(i for i, f in enumerate(self._frames) if f is frame)
-        dropped = self._frames[index + 1 :]
-        if any(f.client != frame.client and f.is_transaction for f in dropped):
-            self._warn("interleaved transactions of the migration ended together")
-        del self._frames[index + (1 if keep else 0) :]
+    def _runner_isolation(self) -> str:
+        if self.isolation is None:
+            row = self.conn.execute("SHOW transaction_isolation", prepare=False).fetchone()
+            self.isolation = str(row[0]) if row else "read committed"
+        return self.isolation
+
+    def _abandon(self, reason: str, isolation: str | None = None) -> None:
+        """Stop executing for this attempt: the migrator rolls back and re-runs the migration
+        (at ``isolation``, or in pool mode). Every later query is refused without running."""
+        if self.abandoned is None:
+            self.abandoned = Abandoned(reason, isolation)
+
+    def _abandoned_error(self, sql: str) -> StatementError:
+        assert self.abandoned is not None
+        return StatementError(
+            f"migrunner re-runs this migration ({self.abandoned.reason})", None, sql
+        )
 
     # -- non-transactional mode --------------------------------------------------------------
 
@@ -536,6 +615,16 @@ def _batch_label(pieces: list[Piece]) -> str:
     return LABEL_STATEMENT
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _without_lone_surrogates(text: str) -> str:
+    """A JS string may hold a lone UTF-16 surrogate, which UTF-8 cannot encode; node's pg
+    (``Buffer.from(s, 'utf8')``) sends U+FFFD for it, and so does the bridge. (JSON decoding
+    has already joined every valid pair.)"""
+    return _LONE_SURROGATE.sub("\ufffd", text) if _LONE_SURROGATE.search(text) else text
+
+
 def _decode_params(params: Sequence[Any] | None) -> list[Any] | None:
     if not params:
         return None
@@ -543,6 +632,8 @@ def _decode_params(params: Sequence[Any] | None) -> list[Any] | None:
     for p in params:
         if isinstance(p, dict) and "b" in p:
             out.append(base64.b64decode(p["b"]))
+        elif isinstance(p, str):
+            out.append(_without_lone_surrogates(p))
         else:
             out.append(p)
     return out
@@ -770,6 +861,7 @@ def _one_line(exc: BaseException | None) -> str:
 
 __all__ = [
     "NON_TRANSACTIONAL_SQLSTATES",
+    "Abandoned",
     "ExecutedStatement",
     "StatementError",
     "StatementExecutor",

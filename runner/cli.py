@@ -3,6 +3,15 @@
 Commands take the same connection/config options after the command name, as sequelize-cli
 does, so the Kubernetes Job's ``npx sequelize-cli db:migrate --config ... --env production``
 becomes ``migrunner db:migrate --config ... --env production`` unchanged.
+
+Output follows sequelize-cli, whose stdout scripts ``| grep``: the run's progress and result
+on stdout, warnings and errors on stderr (``runner.log``). When stdout carries a document
+(``--json``, the ``--dry-run`` SQL plan) progress moves to stderr so the document stays clean.
+
+Adding a command: define it in its own module (taking ``@common`` options and calling
+:func:`run`), then register it here with one line, ``cli.add_command(its_command)``. Its place
+in ``--help`` comes from :data:`MAIN_COMMANDS` (append its name there if it is a main command);
+names containing ``:`` (sequelize-cli's) are listed in their own section.
 """
 
 from __future__ import annotations
@@ -10,77 +19,204 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from runner import __version__
 from runner.analyze_cli import analyze_options, do_analyze, preflight, wants_analyze
-from runner.errors import MigrunnerError, PendingMigrations
+from runner.errors import MigrunnerError
 from runner.log import Log
-from runner.settings import CliOptions, Settings, redact, resolve, wants_config
+from runner.settings import CliOptions, Settings, redact, resolve, secret_values, wants_config
 
 SUCCESS_LINE = "Migrations completed successfully"
 # Commands that first read the state through libpq (runner/quickread.py) and import psycopg
 # only when something is pending; every other command needs psycopg anyway.
 QUICK_COMMANDS = {"up", "db:migrate", "status", "db:migrate:status"}
+UNFINISHED = (
+    "started in pool mode, never finished: running now, or interrupted (maybe partly applied)"
+)
+
+#: Main commands in --help order; others append theirs (unlisted ones follow, then db:*).
+MAIN_COMMANDS = ["up", "down", "status", "verify", "history", "lock", "wait", "fleet"]
+
+EXIT_CODES = """\b
+Exit codes:
+  0  success (lock status: the lock is free)
+  1  a migration failed; it was rolled back and the run stopped
+  2  usage, configuration, credentials or migration-source error; nothing ran
+  3  status --exit-code: migrations pending; lock status: the lock is held
+  4  lock timeout: another runner held the migration lock too long
+  5  database unreachable, or the connection was lost mid-run
+  6  drift: an applied migration's file is missing or changed
+  7  up --analyze --fail-on: a finding of one of those rules
+  8  up --preflight: an old transaction still held a lock the plan needs
+  9  verify: an up()/down() failed, or a down() did not restore the schema"""
+
+MAIN_EPILOG = (
+    """\b
+Examples:
+  migrunner up --url postgresql://app@db:5432/app --migrations-path migrations
+      (the password comes from PGPASSWORD, ~/.pgpass or DB_PASSWORD, never the command line)
+  migrunner db:migrate --config src/config/database.js --env production
+  migrunner up --dry-run                 print the SQL; change nothing
+  migrunner status --exit-code --wait    readiness gate: exit 3 while migrations are pending
+  migrunner down --step 2
+  migrunner lock status                  who holds the migration lock, who waits
+
+\b
+Where the database comes from (first match wins): --direct-url / MIGRUNNER_DIRECT_URL;
+the Sequelize config (--config, .sequelizerc, config/config.js|json); --url;
+DATABASE_URL; DB_HOST, DB_PORT, DB_NAME, DB_USER, DB_PASSWORD (libpq's PG* fill gaps).
+
+"""
+    + EXIT_CODES
+)
+
+
+class Commands(click.Group):
+    """A group listing main commands first (``MAIN_COMMANDS`` order), then sequelize-cli's
+    ``db:*`` names, with descriptions never cut short."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = list(self.commands)
+        order = {n: i for i, n in enumerate(MAIN_COMMANDS)}
+        main = sorted((n for n in names if ":" not in n), key=lambda n: order.get(n, len(order)))
+        return main + sorted(n for n in names if ":" in n)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {"Commands": [], "sequelize-cli names": []}
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is None or cmd.hidden:
+                continue
+            section = "sequelize-cli names" if ":" in name else "Commands"
+            sections[section].append((name, cmd.get_short_help_str(limit=10_000)))
+        for title, rows in sections.items():
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
+def opt(*decls: str, env: str | None = None, **kw: Any) -> Callable[..., Any]:
+    """A click option; ``env`` is read by click itself and shown in --help."""
+    if env:
+        kw.update(envvar=env, show_envvar=True)
+    return click.option(*decls, **kw)
+
 
 COMMON = [
-    click.option("--url", help="Database URL (postgres://user:pass@host:port/db)."),
-    click.option(
+    opt(
+        "--url",
+        env="DATABASE_URL",
+        metavar="URL",
+        help="Database URL, e.g. postgresql://app@db.internal:5432/app. Give the password "
+        "through PGPASSWORD or ~/.pgpass rather than in the URL. A Sequelize config file wins "
+        "over DATABASE_URL; --url on the command line wins over the config, as in sequelize-cli.",
+    ),
+    opt(
         "--direct-url",
-        help="Direct (non-PgBouncer) URL for migrations; env MIGRUNNER_DIRECT_URL.",
+        env="MIGRUNNER_DIRECT_URL",
+        metavar="URL",
+        help="Direct (not PgBouncer) URL for migrations; overrides every other database source.",
     ),
-    click.option("--config", type=click.Path(path_type=Path), help="Sequelize config file."),
-    click.option("--env", "env_name", help="Config environment (default: NODE_ENV, development)."),
-    click.option(
+    opt("--config", type=click.Path(path_type=Path), help="Sequelize config file."),
+    opt(
+        "--env",
+        "env_name",
+        env="NODE_ENV",
+        metavar="NAME",
+        help="Config environment.  [default: development]",
+    ),
+    opt(
         "--migrations-path",
+        env="MIGRUNNER_MIGRATIONS_PATH",
         type=click.Path(path_type=Path, readable=False),
-        help="Migrations folder (env MIGRUNNER_MIGRATIONS_PATH; default ./migrations).",
+        help="Migrations folder.  [default: ./migrations, or the .sequelizerc's]",
     ),
-    click.option(
-        "--options-path", type=click.Path(path_type=Path), help="sequelize-cli options file."
-    ),
-    click.option("--table", help="SequelizeMeta table name (migrationStorageTableName)."),
-    click.option("--schema", help="SequelizeMeta schema (migrationStorageTableSchema)."),
-    click.option(
+    opt("--options-path", type=click.Path(path_type=Path), help="sequelize-cli options file."),
+    opt("--table", help="SequelizeMeta table name (migrationStorageTableName)."),
+    opt("--schema", help="SequelizeMeta schema (migrationStorageTableSchema)."),
+    opt(
         "--lock-timeout",
+        env="MIGRUNNER_LOCK_TIMEOUT",
         type=float,
-        help="Seconds to wait for the migration lock (env MIGRUNNER_LOCK_TIMEOUT; default 300).",
+        metavar="SECONDS",
+        help="How long to wait for the migration lock, then exit 4.  [default: 300]",
     ),
-    click.option(
+    opt(
         "--statement-lock-timeout",
+        env="MIGRUNNER_STATEMENT_LOCK_TIMEOUT",
         type=float,
-        help="Seconds a statement may wait for a table lock (default 5); then retry.",
+        metavar="SECONDS",
+        help="How long a statement may wait for a table lock before the migration is rolled "
+        "back and retried.  [default: 5]",
     ),
-    click.option(
-        "--statement-timeout", type=float, help="Seconds a statement may run (default: none)."
+    opt(
+        "--statement-timeout",
+        env="MIGRUNNER_STATEMENT_TIMEOUT",
+        type=float,
+        metavar="SECONDS",
+        help="How long a statement may run.  [default: no limit]",
     ),
-    click.option("--retries", type=int, help="Retries on lock timeout / deadlock (default 5)."),
-    click.option(
+    opt(
+        "--migration-timeout",
+        env="MIGRUNNER_MIGRATION_TIMEOUT",
+        type=float,
+        metavar="SECONDS",
+        help="How long one migration may run before it is stopped and rolled back.  "
+        "[default: no limit]",
+    ),
+    opt(
+        "--retries",
+        env="MIGRUNNER_RETRIES",
+        type=int,
+        help="Retries of a migration on lock timeout or deadlock.  [default: 5]",
+    ),
+    opt(
         "--wait-timeout",
+        env="MIGRUNNER_WAIT_TIMEOUT",
         type=float,
-        help="Seconds to wait for the database with --wait (default 60).",
+        metavar="SECONDS",
+        help="How long --wait (and `wait`) wait for the database.  [default: 60]",
     ),
-    click.option("--log-format", type=click.Choice(["text", "json"]), help="Log format."),
-    click.option(
+    opt(
+        "--log-format",
+        env="MIGRUNNER_LOG_FORMAT",
+        type=click.Choice(["text", "json"]),
+        help="text, or one JSON object per line.  [default: text]",
+    ),
+    opt(
         "--allow-drift",
+        env="MIGRUNNER_ALLOW_DRIFT",
         is_flag=True,
         default=False,
         help="Run even if applied migrations' files are missing or changed.",
     ),
-    click.option(
+    opt(
+        "--pool-mode",
+        env="MIGRUNNER_POOL_MODE",
+        type=click.Choice(["auto", "never"]),
+        help="JS migrations atomic mode cannot run as sequelize-cli would: re-run them on real "
+        "connections, not atomically (auto), or fail them (never).  [default: auto]",
+    ),
+    opt(
         "--strict-await",
+        env="MIGRUNNER_STRICT_AWAIT",
         is_flag=True,
         default=False,
-        help="Fail JS migrations that leave queries un-awaited (env MIGRUNNER_STRICT_AWAIT).",
+        help="Fail JS migrations that leave queries un-awaited.",
     ),
-    click.option(
+    opt(
         "--settle-timeout",
+        env="MIGRUNNER_SETTLE_TIMEOUT",
         type=float,
-        help="Seconds to wait for a JS migration's un-awaited queries (default 120).",
+        metavar="SECONDS",
+        help="How long to wait for a JS migration's un-awaited queries.  [default: 120]",
     ),
     # sequelize-cli flags accepted for drop-in compatibility; they do not affect migrations.
     click.option("--seeders-path", hidden=True),
@@ -88,14 +224,24 @@ COMMON = [
     click.option("--debug", is_flag=True, hidden=True),
 ]
 
+#: Options whose environment variable the settings resolve themselves, with sequelize-cli's
+#: precedence (DATABASE_URL below a config file; NODE_ENV as node sees it after dotenv).
+FROM_ENV_ONLY = ("url", "env_name")
+
 
 def common(fn: Callable[..., Any]) -> Callable[..., Any]:
-    for opt in reversed(COMMON):
-        fn = opt(fn)
+    for option in reversed(COMMON):
+        fn = option(fn)
     return fn
 
 
 def options_from(kw: dict[str, Any]) -> CliOptions:
+    ctx = click.get_current_context(silent=True)
+    kw = dict(kw)
+    if ctx is not None:
+        for name in FROM_ENV_ONLY:
+            if ctx.get_parameter_source(name) == ParameterSource.ENVIRONMENT:
+                kw[name] = None
     return CliOptions(
         url=kw.get("url"),
         direct_url=kw.get("direct_url"),
@@ -108,10 +254,12 @@ def options_from(kw: dict[str, Any]) -> CliOptions:
         lock_timeout=kw.get("lock_timeout"),
         statement_lock_timeout=kw.get("statement_lock_timeout"),
         statement_timeout=kw.get("statement_timeout"),
+        migration_timeout=kw.get("migration_timeout"),
         retries=kw.get("retries"),
         wait_timeout=kw.get("wait_timeout"),
         log_format=kw.get("log_format"),
         allow_drift=bool(kw.get("allow_drift")),
+        pool_mode=kw.get("pool_mode"),
         strict_await=bool(kw.get("strict_await")),
         settle_timeout=kw.get("settle_timeout"),
     )
@@ -146,11 +294,35 @@ def build_settings(opts: CliOptions, environ: dict[str, str]) -> Settings:
     return resolve(opts, environ, app, cwd)
 
 
-def run(kw: dict[str, Any], action: Callable[[Settings, Log], int]) -> None:
-    """Build settings, run ``action``, turn any MigrunnerError into a message + exit code."""
+def shown_path(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def announce_config(settings: Settings, log: Log) -> None:
+    """sequelize-cli's first lines, which scripts and people look for."""
+    if settings.config_file is not None:
+        shown = shown_path(settings.config_file)
+        log.info(f'Loaded configuration file "{shown}".', config_file=shown)
+        if settings.env_name:
+            log.info(f'Using environment "{settings.env_name}".', environment=settings.env_name)
+
+
+def run(
+    kw: dict[str, Any], action: Callable[[Settings, Log], int], *, document: bool = False
+) -> None:
+    """Build settings, run ``action``, turn any MigrunnerError into a message + exit code.
+
+    ``document``: the command prints a document on stdout (JSON, SQL), so progress goes to
+    stderr."""
     environ = dict(os.environ)
     fmt = kw.get("log_format") or environ.get("MIGRUNNER_LOG_FORMAT") or "text"
-    log = Log(fmt="json" if fmt == "json" else "text")
+    log = Log(
+        fmt="json" if fmt == "json" else "text",
+        info_stream=sys.stderr if document else sys.stdout,
+    )
     secrets: list[str | None] = [
         kw.get("url"),
         kw.get("direct_url"),
@@ -163,13 +335,18 @@ def run(kw: dict[str, Any], action: Callable[[Settings, Log], int]) -> None:
         opts = options_from(kw)
         settings = build_settings(opts, environ)
         secrets += [settings.password, settings.conninfo.get("sslpassword")]
+        log.secrets = secret_values(secrets)
+        announce_config(settings, log)
         code = action(settings, log)
     except MigrunnerError as err:
         log.error(redact(err.message, *secrets), exit_code=err.exit_code)
         sys.exit(err.exit_code)
-    except KeyboardInterrupt:
-        log.error("interrupted")
-        sys.exit(130)
+    except KeyboardInterrupt as exc:  # SIGTERM / SIGINT: runner.signals
+        from runner.signals import describe
+
+        code, line = describe(exc)
+        log.error(redact(line, *secrets), exit_code=code)
+        sys.exit(code)
     # Every connection and the node child are closed by now: skip the interpreter's teardown
     # (~20 ms of module finalisation on every pod start).
     sys.stdout.flush()
@@ -177,10 +354,22 @@ def run(kw: dict[str, Any], action: Callable[[Settings, Log], int]) -> None:
     os._exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=Commands,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=MAIN_EPILOG,
+)
 @click.version_option(__version__, prog_name="migrunner")
 def cli() -> None:
-    """PostgreSQL migration runner and lock service, compatible with sequelize-cli."""
+    """PostgreSQL migration runner and lock service, compatible with sequelize-cli.
+
+    Every command takes the connection and config options shown by `migrunner COMMAND --help`,
+    each also settable through the environment variable shown there."""
+
+
+def command(name: str, **kw: Any) -> Callable[..., Any]:
+    """A subcommand of ``cli`` whose --help ends with the exit codes."""
+    return cli.command(name, epilog=EXIT_CODES, **kw)
 
 
 # ---- up ----------------------------------------------------------------------------------
@@ -196,15 +385,24 @@ def do_up(
     def action(settings: Settings, log: Log) -> int:
         from runner.migrator import Migrator
 
+        started = time.perf_counter()
         report = Migrator(settings, log).up(
             to=to, dry_run=dry_run, wait=wait, from_=from_, name=name
         )
         if dry_run:
             print_dry_run(report, log)
             return 0
+        elapsed = time.perf_counter() - started
         if not report.plan:
             log.info(report.plan.note)
-        log.info(SUCCESS_LINE, applied=report.done)
+        else:
+            n = len(report.done)
+            log.info(
+                f"{n} migration{'s' if n != 1 else ''} applied in {elapsed:.3f}s",
+                count=n,
+                duration_ms=int(elapsed * 1000),
+            )
+        log.info(SUCCESS_LINE, applied=report.done, duration_ms=int(elapsed * 1000))
         return 0
 
     return action
@@ -234,27 +432,43 @@ def print_dry_run(report: Any, log: Log) -> None:
     )
 
 
-@cli.command("up")
+UP_OPTIONS = [
+    click.option("--to", metavar="NAME", help="Stop after this migration (file name)."),
+    click.option(
+        "--dry-run",
+        is_flag=True,
+        help="Print the SQL on stdout; run it in a transaction that is rolled back.",
+    ),
+    click.option("--wait", is_flag=True, help="Wait (--wait-timeout) for the database first."),
+]
+
+
+def up_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(UP_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+@command("up")
 @common
-@click.option("--to", help="Stop after this migration (file name).")
-@click.option("--dry-run", is_flag=True, help="Print the SQL; execute in a rolled-back txn.")
-@click.option("--wait", is_flag=True, help="Wait for the database to accept connections.")
+@up_options
 @analyze_options
 def up_cmd(to: str | None, dry_run: bool, wait: bool, **kw: Any) -> None:
-    """Apply pending migrations."""
+    """Apply pending migrations, each in its own transaction, under the migration lock."""
     run(
         kw,
         do_analyze(to, wait, kw) if wants_analyze(kw) else preflight(kw, do_up(to, dry_run, wait)),
+        document=dry_run,
     )
 
 
-@cli.command("db:migrate")
+@command("db:migrate")
 @common
-@click.option("--to", help="Stop after this migration (file name).")
-@click.option("--from", "from_", help="Run the pending migrations after this one (excluded).")
-@click.option("--name", help="Run only this migration.")
-@click.option("--dry-run", is_flag=True, help="Print the SQL; execute in a rolled-back txn.")
-@click.option("--wait", is_flag=True, help="Wait for the database to accept connections.")
+@up_options
+@click.option(
+    "--from", "from_", metavar="NAME", help="Run the pending migrations after this one (excluded)."
+)
+@click.option("--name", metavar="NAME", help="Run only this migration.")
 def db_migrate(
     to: str | None,
     from_: str | None,
@@ -263,8 +477,8 @@ def db_migrate(
     wait: bool,
     **kw: Any,
 ) -> None:
-    """sequelize-cli alias of `up`."""
-    run(kw, do_up(to, dry_run, wait, from_=from_, name=name))
+    """Apply pending migrations (sequelize-cli's name for `up`)."""
+    run(kw, do_up(to, dry_run, wait, from_=from_, name=name), document=dry_run)
 
 
 # ---- down --------------------------------------------------------------------------------
@@ -274,6 +488,7 @@ def do_down(**plan_kw: Any) -> Callable[[Settings, Log], int]:
     def action(settings: Settings, log: Log) -> int:
         from runner.migrator import Migrator
 
+        started = time.perf_counter()
         dry_run = plan_kw.pop("dry_run", False)
         report = Migrator(settings, log).down(dry_run=dry_run, **plan_kw)
         if dry_run:
@@ -281,20 +496,26 @@ def do_down(**plan_kw: Any) -> Callable[[Settings, Log], int]:
         elif not report.plan:
             log.info(report.plan.note)
         else:
-            log.info(f"Reverted {len(report.done)} migration(s)", reverted=report.done)
+            elapsed = time.perf_counter() - started
+            n = len(report.done)
+            log.info(
+                f"Reverted {n} migration{'s' if n != 1 else ''} in {elapsed:.3f}s",
+                reverted=report.done,
+                duration_ms=int(elapsed * 1000),
+            )
         return 0
 
     return action
 
 
-@cli.command("down")
+@command("down")
 @common
-@click.option("--step", type=int, help="Revert this many migrations (default 1).")
-@click.option("--to", help="Revert down to and including this migration.")
+@click.option("--step", type=int, metavar="N", help="Revert this many migrations.  [default: 1]")
+@click.option("--to", metavar="NAME", help="Revert down to and including this migration.")
 @click.option("--all", "all_", is_flag=True, help="Revert every applied migration.")
-@click.option("--name", help="Revert exactly this migration.")
-@click.option("--dry-run", is_flag=True)
-@click.option("--wait", is_flag=True)
+@click.option("--name", metavar="NAME", help="Revert exactly this migration.")
+@click.option("--dry-run", is_flag=True, help="Print the SQL on stdout; run it and roll it back.")
+@click.option("--wait", is_flag=True, help="Wait (--wait-timeout) for the database first.")
 def down_cmd(
     step: int | None,
     to: str | None,
@@ -305,33 +526,74 @@ def down_cmd(
     **kw: Any,
 ) -> None:
     """Revert applied migrations, newest first."""
-    run(kw, do_down(step=step, to=to, all=all_, name=name, dry_run=dry_run, wait=wait))
+    run(
+        kw,
+        do_down(step=step, to=to, all=all_, name=name, dry_run=dry_run, wait=wait),
+        document=dry_run,
+    )
 
 
-@cli.command("db:migrate:undo")
+@command("db:migrate:undo")
 @common
-@click.option("--name", help="Revert exactly this migration.")
+@click.option("--name", metavar="NAME", help="Revert exactly this migration.")
 def db_undo(name: str | None, **kw: Any) -> None:
-    """sequelize-cli alias: revert the newest migration (or --name)."""
+    """Revert the newest migration, or --name (sequelize-cli's name)."""
     run(kw, do_down(name=name))
 
 
-@cli.command("db:migrate:undo:all")
+@command("db:migrate:undo:all")
 @common
-@click.option("--to", help="Revert down to and including this migration.")
+@click.option("--to", metavar="NAME", help="Revert down to and including this migration.")
 def db_undo_all(to: str | None, **kw: Any) -> None:
-    """sequelize-cli alias: revert all migrations (or down to --to)."""
+    """Revert every migration, or down to --to (sequelize-cli's name)."""
     run(kw, do_down(to=to) if to else do_down(all=True))
 
 
 # ---- status ------------------------------------------------------------------------------
 
 
-def do_status(as_json: bool, exit_code: bool, wait: bool) -> Callable[[Settings, Log], int]:
-    def action(settings: Settings, log: Log) -> int:
-        import time
+def status_lines(report: Any) -> list[str]:
+    """``up``/``down`` first as sequelize-cli prints them (``grep '^down '`` still works), the
+    columns aligned, then one summary line."""
+    rows = report.rows()
+    width = max((len(r["name"]) for r in rows), default=0)
+    notes = {
+        "changed": "file changed since applied",
+        "missing": "file missing",
+        "unfinished": UNFINISHED,
+    }
+    lines = []
+    for row in rows:
+        note = notes.get(row.get("flag", ""), "")
+        line = f"{row['state']:<4} {row['name']:<{width}}  {row['kind']:<3}"
+        lines.append((line + ("  " + note if note else "")).rstrip())
+    lines.append(status_summary(report))
+    return lines
 
-        from runner.migrator import Migrator
+
+def status_summary(report: Any) -> str:
+    applied = sum(1 for r in report.rows() if r["state"] == "up")
+    text = f"{applied} applied, {len(report.pending)} pending"
+    if report.drift:
+        text += (
+            f"; drift: {len(report.drift.missing)} file(s) missing, "
+            f"{len(report.drift.changed)} changed since applied"
+        )
+    return text
+
+
+def sequelize_status_lines(report: Any) -> list[str]:
+    """``db:migrate:status`` prints exactly sequelize-cli's ``up NAME`` / ``down NAME`` lines,
+    which scripts parse (``^(up|down) (\\S+)$``); drift is flagged after the name."""
+    flags = {"changed": "  (file changed since applied)", "missing": "  (file missing)"}
+    return [f"{r['state']} {r['name']}{flags.get(r.get('flag', ''), '')}" for r in report.rows()]
+
+
+def do_status(
+    as_json: bool, exit_code: bool, wait: bool, sequelize_format: bool = False
+) -> Callable[[Settings, Log], int]:
+    def action(settings: Settings, log: Log) -> int:
+        from runner.migrator import Migrator, wrong_place, wrong_place_message
 
         migrator = Migrator(settings, log)
         deadline = time.monotonic() + settings.wait_timeout
@@ -348,53 +610,57 @@ def do_status(as_json: bool, exit_code: bool, wait: bool) -> Callable[[Settings,
                         "pending": [m.name for m in report.pending],
                         "missing": list(report.drift.missing),
                         "changed": list(report.drift.changed),
-                        "storage": migrator.meta.ref,
+                        "unfinished": list(report.unfinished),
+                        "storage": migrator.meta.name,
+                        "summary": status_summary(report),
                     },
                     ensure_ascii=False,
                 )
             )
         else:
-            for row in report.rows():
-                flag = {"changed": "  (file changed since applied)", "missing": "  (file missing)"}
-                log.out(f"{row['state']} {row['name']}{flag.get(row.get('flag', ''), '')}")
+            lines = sequelize_status_lines(report) if sequelize_format else status_lines(report)
+            for line in lines:
+                log.out(line)
         if report.drift:
-            log.warn(report.drift.describe())
-        if exit_code and report.pending:
-            raise PendingMigrations(f"{len(report.pending)} migration(s) pending")
-        return 0
+            if wrong_place(report.drift, report.state):
+                log.warn(wrong_place_message(settings.target, report.source, report.state))
+            else:
+                log.warn(report.drift.describe())
+        # Pending is the expected state of a readiness gate, not an error: no "error:" line.
+        return 3 if exit_code and report.pending else 0
 
     return action
 
 
-@cli.command("status")
+@command("status")
 @common
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @click.option("--exit-code", is_flag=True, help="Exit 3 when migrations are pending.")
 @click.option(
     "--wait",
     is_flag=True,
-    help="Wait for the database (and, with --exit-code, "
-    "for pending migrations to be applied by another runner).",
+    help="Wait for the database (and, with --exit-code, for pending migrations to be "
+    "applied by another runner), up to --wait-timeout.",
 )
 def status_cmd(as_json: bool, exit_code: bool, wait: bool, **kw: Any) -> None:
-    """Show applied and pending migrations."""
-    run(kw, do_status(as_json, exit_code, wait))
+    """Show applied and pending migrations and drift; with --exit-code a readiness gate."""
+    run(kw, do_status(as_json, exit_code, wait), document=as_json)
 
 
-@cli.command("db:migrate:status")
+@command("db:migrate:status")
 @common
 def db_status(**kw: Any) -> None:
-    """sequelize-cli alias of `status`."""
-    run(kw, do_status(False, False, False))
+    """Show applied and pending migrations, in sequelize-cli's exact format."""
+    run(kw, do_status(False, False, False, sequelize_format=True))
 
 
 # ---- wait --------------------------------------------------------------------------------
 
 
-@cli.command("wait")
+@command("wait")
 @common
 def wait_cmd(**kw: Any) -> None:
-    """Wait until the database accepts connections (up to --wait-timeout)."""
+    """Wait until the database accepts connections (up to --wait-timeout), then exit 0."""
 
     def action(settings: Settings, log: Log) -> int:
         from runner.db import wait_until_ready
@@ -409,10 +675,46 @@ def wait_cmd(**kw: Any) -> None:
 # ---- history -----------------------------------------------------------------------------
 
 
-@cli.command("history")
+HISTORY_COLUMNS = ("finished", "dir", "outcome", "migration", "duration", "tries", "runner")
+
+
+def history_lines(rows: Sequence[Any]) -> list[str]:
+    """A header and aligned columns; the note or error, free text, last."""
+    table = [
+        (
+            f"{r['finished_at']:%Y-%m-%d %H:%M:%S%z}",
+            str(r["direction"]),
+            str(r["outcome"]),
+            str(r["name"]),
+            f"{r['duration_ms']:.0f}ms",
+            str(r["attempts"]),
+            str(r["runner_pod"] or r["runner_host"] or ""),
+            "; ".join(x for x in (r["note"], f"error: {r['error']}" if r["error"] else None) if x),
+        )
+        for r in rows
+    ]
+    header = (*HISTORY_COLUMNS, "note")
+    widths = [max(len(c[i]) for c in [header, *table]) for i in range(len(HISTORY_COLUMNS))]
+    right = {4, 5}  # numbers align right
+    out = []
+    for cells in [header, *table]:
+        parts = [
+            cells[i].rjust(w) if i in right else cells[i].ljust(w) for i, w in enumerate(widths)
+        ]
+        out.append(("  ".join(parts) + "  " + cells[-1]).rstrip())
+    return out
+
+
+@command("history")
 @common
-@click.option("--json", "as_json", is_flag=True)
-@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="Newest rows to show.",
+)
 def history_cmd(as_json: bool, limit: int, **kw: Any) -> None:
     """Who applied or reverted what, when, from where, with what outcome."""
 
@@ -426,34 +728,30 @@ def history_cmd(as_json: bool, limit: int, **kw: Any) -> None:
             else:
                 rows = guarded(lambda: migrator.history.recent(conn, limit))
         if as_json:
-            log.out(json.dumps(rows, default=str, ensure_ascii=False))
+            whole_ms = [{**r, "duration_ms": round(r["duration_ms"])} for r in rows]
+            log.out(json.dumps(whole_ms, default=str, ensure_ascii=False))
             return 0
-        for r in rows:
-            log.out(
-                f"{r['finished_at']:%Y-%m-%d %H:%M:%S%z}  {r['direction']:<4} {r['outcome']:<8} "
-                f"{r['name']}  {r['duration_ms']:.0f}ms  {r['runner_pod'] or r['runner_host']}"
-                f"{'  attempts=' + str(r['attempts']) if r['attempts'] > 1 else ''}"
-                f"{'  note: ' + r['note'] if r['note'] else ''}"
-                f"{'  error: ' + r['error'] if r['error'] else ''}"
-            )
         if not rows:
             log.info("no history yet")
+            return 0
+        for line in history_lines(rows):
+            log.out(line)
         return 0
 
-    run(kw, action)
+    run(kw, action, document=as_json)
 
 
 # ---- lock --------------------------------------------------------------------------------
 
 
-@cli.group("lock")
+@cli.group("lock", cls=Commands)
 def lock_group() -> None:
-    """Inspect or break the migration lock."""
+    """Show who holds the migration lock and who waits, or break it."""
 
 
-@lock_group.command("status")
+@lock_group.command("status", epilog=EXIT_CODES)
 @common
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 def lock_status_cmd(as_json: bool, **kw: Any) -> None:
     """Who holds the migration lock, since when, running what, and who waits.
 
@@ -469,10 +767,10 @@ def lock_status_cmd(as_json: bool, **kw: Any) -> None:
             log.out(render_lock(with_conn))
         return 3 if with_conn["held"] else 0
 
-    run(kw, action)
+    run(kw, action, document=as_json)
 
 
-@lock_group.command("release")
+@lock_group.command("release", epilog=EXIT_CODES)
 @common
 @click.option("--force", is_flag=True, help="Really terminate the holder's backend.")
 def lock_release_cmd(force: bool, **kw: Any) -> None:
@@ -493,17 +791,55 @@ cli.add_command(fleet_group)
 register_sequelize(cli, common, run)  # seeders, generators, db:create/db:drop
 
 
-def main() -> None:
-    """Entry point. Usage errors are one ``error:`` line and exit 2, like every other error."""
+# ---- entry point -------------------------------------------------------------------------
+
+
+def wants_json(argv: Sequence[str], environ: dict[str, str]) -> bool:
+    """Whether a usage error should be JSON: the flag as given (even if the rest failed to
+    parse), else MIGRUNNER_LOG_FORMAT."""
+    for i, word in enumerate(argv):
+        if word == "--log-format" and i + 1 < len(argv):
+            return argv[i + 1] == "json"
+        if word.startswith("--log-format="):
+            return word.split("=", 1)[1] == "json"
+    return environ.get("MIGRUNNER_LOG_FORMAT") == "json"
+
+
+def without_hidden(exc: click.ClickException) -> click.ClickException:
+    """click's "Did you mean" may name a hidden (compatibility-only) option: drop those."""
+    if not isinstance(exc, click.NoSuchOption) or not exc.possibilities or exc.ctx is None:
+        return exc
+    hidden = {
+        name
+        for p in exc.ctx.command.params
+        if isinstance(p, click.Option) and p.hidden
+        for name in (*p.opts, *p.secondary_opts)
+    }
+    kept = [p for p in exc.possibilities if p not in hidden]
+    return click.NoSuchOption(exc.option_name, possibilities=kept, ctx=exc.ctx)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point. Bare ``migrunner`` prints the help and exits 0; usage errors are one
+    ``error:`` line (JSON with ``--log-format json``) and exit 2, like every other error."""
+    from runner import signals
+
+    signals.install()
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
+        with click.Context(cli, info_name="migrunner", **cli.context_settings) as ctx:
+            click.echo(cli.get_help(ctx))
+        sys.exit(0)
     try:
-        cli.main(prog_name="migrunner", standalone_mode=False)
+        cli.main(args=args, prog_name="migrunner", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        fmt = os.environ.get("MIGRUNNER_LOG_FORMAT", "text")
+        exc = without_hidden(exc)
+        json_log = wants_json(args, dict(os.environ))
         usage = exc.ctx.command_path if isinstance(exc, click.UsageError) and exc.ctx else ""
         hint = f" (see '{usage} --help')" if usage else ""
-        Log(fmt="json" if fmt == "json" else "text").error(exc.format_message() + hint, exit_code=2)
+        Log(fmt="json" if json_log else "text").error(exc.format_message() + hint, exit_code=2)
         sys.exit(2)
     except click.exceptions.Abort:
         sys.exit(130)

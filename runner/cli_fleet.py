@@ -88,7 +88,11 @@ def fleet_up(canary: int, fail_fast: bool, **kw: Any) -> None:
     from runner.cli import run
 
     prepared = _prepare(kw)
-    run(kw, _action(prepared, "up", canary=canary, fail_fast=fail_fast))
+    run(
+        kw,
+        _action(prepared, "up", canary=canary, fail_fast=fail_fast),
+        document=bool(prepared["as_json"]),
+    )
 
 
 @fleet_group.command("status")
@@ -100,7 +104,7 @@ def fleet_status(exit_code: bool, **kw: Any) -> None:
     from runner.cli import run
 
     prepared = _prepare(kw)
-    run(kw, _action(prepared, "status", exit_code=exit_code))
+    run(kw, _action(prepared, "status", exit_code=exit_code), document=bool(prepared["as_json"]))
 
 
 def _prepare(kw: dict[str, Any]) -> dict[str, Any]:

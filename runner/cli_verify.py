@@ -98,4 +98,4 @@ def verify_cmd(strict: bool, as_json: bool, **kw: Any) -> None:
     embedded = not (kw.get("url") or kw.get("direct_url") or kw.get("config"))
     if embedded:
         kw["url"] = _EMBEDDED_PLACEHOLDER
-    run(kw, do_verify(strict, as_json, embedded))
+    run(kw, do_verify(strict, as_json, embedded), document=as_json)

@@ -6,16 +6,20 @@ only the CLI turns an error into a one-line message and a process exit code (ale
 
 Exit codes (documented in the README):
 
-====  ======================================================================
+====  ===============================================================
+
 0     success
 1     a migration failed (SQL or JS error); that migration was rolled back
 2     usage, configuration or migration-source error (bad input, nothing ran)
 3     ``status --exit-code``: migrations are pending
-4     lock timeout: another runner held the migration lock too long
+4     the migration lock: not obtained within ``--lock-timeout``, or lost mid-run
 5     database unreachable, or the connection was lost mid-run
 6     drift: an applied migration's file is missing or was edited
+7     ``up --dry-run --analyze --fail-on``: a finding of a listed rule was found
+8     ``up --preflight``: an old session holds a lock the plan needs
 9     ``verify``: the round trip did not hold (``runner.verify.VerifyFailed``)
-====  ======================================================================
+====  ===============================================================
+
 """
 
 from __future__ import annotations
@@ -86,3 +90,20 @@ class DriftError(MigrunnerError):
     """Applied migrations whose files are missing or were edited since they ran."""
 
     exit_code = 6
+
+
+class LockLost(MigrunnerError):
+    """The session holding the migration lock ended mid-run (terminated, timed out, server
+    gone); the running migration was rolled back with it."""
+
+    exit_code = 4
+
+
+class AtomicModeUnavailable(MigrunnerError):
+    """Not shown to users: this attempt of a JS migration cannot give sequelize-cli's result on
+    the runner's one transaction. The migrator rolls it back and re-runs the migration, in a
+    transaction begun at ``isolation`` when that is all it needs, else in pool mode."""
+
+    def __init__(self, message: str, *, isolation: str | None = None) -> None:
+        super().__init__(message)
+        self.isolation = isolation

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -262,15 +262,39 @@ class JsExecutor:
         *,
         transactional: bool,
         dry_run: bool,
+        isolation: str | None = None,
     ) -> RunResult:
         extra = {"observer": self.observer} if self.observer is not None else {}
         out = self.get_bridge().run(
-            mig.path, direction, conn, transactional=transactional, dry_run=dry_run, **extra
+            mig.path,
+            direction,
+            conn,
+            transactional=transactional,
+            dry_run=dry_run,
+            isolation=isolation,
+            **extra,
         )
         result = RunResult(not_rehearsed=out.not_rehearsed)
         for st in out.statements:
             result.statements.append((str(st.label), str(st.sql)))
         return result
+
+    def run_pool(
+        self,
+        mig: Migration,
+        direction: str,
+        conn: psycopg.Connection,
+        conninfo: Mapping[str, str],
+        application_name: str,
+    ) -> None:
+        """Pool mode: the migration on real connections of its own, as sequelize-cli runs it
+        (``conn``, the runner's own, stays idle; it and its ``conninfo`` — the target's, not
+        this executor's, which a fleet shares — say where to connect)."""
+        from migrations_compat.bridge_pool import pool_connection
+
+        bridge = self.get_bridge()
+        connection = pool_connection(conn, conninfo, application_name)
+        bridge.run_pool(mig.path, direction, conn, connection)
 
     def close(self) -> None:
         if self.bridge is not None:

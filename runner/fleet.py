@@ -242,7 +242,11 @@ class TargetLog(Log):
 
     def __init__(self, base: Log, label: str, secrets: Sequence[str | None]) -> None:
         super().__init__(
-            fmt=base.fmt, stream=base.stream, out_stream=base.out_stream, quiet=base.quiet
+            fmt=base.fmt,
+            stream=base.stream,
+            out_stream=base.out_stream,
+            quiet=base.quiet,
+            info_stream=base.info_stream,
         )
         self.label = label
         self.secrets = [s for s in secrets if s]

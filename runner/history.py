@@ -2,9 +2,12 @@
 
 One row per attempt that ended (applied, reverted, failed). Success rows are written inside the
 migration's own transaction, so a row exists exactly when the change committed; failure rows
-are written after the rollback, in their own transaction. The table lives next to
-SequelizeMeta (same schema) and is keyed by the SequelizeMeta it belongs to, so two apps
-sharing a database keep separate histories. sequelize-cli never sees it.
+are written after the rollback, in their own transaction. A migration run in pool mode (on real
+connections, not atomic) also gets a ``started`` row, committed before it begins: if the
+runner dies midway, that row stays the migration's latest, and ``status`` flags it.
+
+The table lives next to SequelizeMeta (same schema) and is keyed by the SequelizeMeta it
+belongs to, so two apps sharing a database keep separate histories. sequelize-cli never sees it.
 """
 
 from __future__ import annotations
@@ -21,13 +24,14 @@ if TYPE_CHECKING:
     import psycopg
 
 HISTORY_TABLE = "migrunner_history"
+OUTCOMES = "outcome IN ('applied', 'reverted', 'failed', 'started')"
 
 
 @dataclass(frozen=True)
 class Entry:
     name: str
     direction: str  # up | down
-    outcome: str  # applied | reverted | failed
+    outcome: str  # applied | reverted | failed | started (pool mode, before it runs)
     checksum: str | None
     transactional: bool
     started_at: datetime
@@ -52,14 +56,14 @@ class HistoryTable:
     storage_table text NOT NULL,
     name varchar(255) NOT NULL,
     direction text NOT NULL CHECK (direction IN ('up', 'down')),
-    outcome text NOT NULL CHECK (outcome IN ('applied', 'reverted', 'failed')),
+    outcome text NOT NULL CONSTRAINT migrunner_history_outcome_check CHECK ({OUTCOMES}),
     checksum text,
     transactional boolean NOT NULL,
     attempts integer NOT NULL DEFAULT 1,
     note text,
     error text,
     started_at timestamptz NOT NULL,
-    finished_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
     duration_ms double precision NOT NULL,
     runner_host text,
     runner_pod text,
@@ -67,10 +71,34 @@ class HistoryTable:
 )"""
 
     def ensure(self, conn: psycopg.Connection) -> None:
-        conn.execute(self.create_sql())
+        conn.execute(self.create_sql() + ";\n" + self.upgrade_sql())
+
+    def upgrade_sql(self) -> str:
+        """A table made by an earlier version lacks the ``started`` outcome: widen its check
+        (once; the condition makes later runs a catalog read)."""
+        literal = "'" + self.ref.replace("'", "''") + "'"
+        return f"""DO $migrunner$ BEGIN
+IF EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = {literal}::regclass
+           AND conname = 'migrunner_history_outcome_check'
+           AND pg_get_constraintdef(oid) NOT LIKE '%started%') THEN
+  ALTER TABLE {self.ref} DROP CONSTRAINT migrunner_history_outcome_check,
+    ADD CONSTRAINT migrunner_history_outcome_check CHECK ({OUTCOMES});
+END IF;
+END $migrunner$"""
+
+    def unfinished(self, conn: psycopg.Connection) -> list[str]:
+        """Migrations whose latest history row is ``started``: a pool-mode run that never
+        finished (still running, or the runner died: possibly partly applied)."""
+        rows = conn.execute(
+            f"SELECT name FROM (SELECT DISTINCT ON (name) name, outcome FROM {self.ref} "
+            "WHERE storage_table = %s ORDER BY name, id DESC) latest WHERE outcome = 'started' "
+            "ORDER BY name",
+            (self.storage,),
+        )
+        return [r[0] for r in rows]
 
     def exists(self, conn: psycopg.Connection) -> bool:
-        row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (self.ref,)).fetchone()
+        row = conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (self.ref,)).fetchone()
         return bool(row and row[0])
 
     def record(
@@ -112,7 +140,8 @@ class HistoryTable:
         else:
             cur = conn.execute(
                 columns + "SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s "
-                "WHERE EXISTS (SELECT 1 FROM pg_locks WHERE pid = %s AND locktype = 'advisory' "
+                "WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_locks "
+                "WHERE pid = %s AND locktype = 'advisory' "
                 "AND granted AND classid = %s::oid AND objid = %s::oid AND objsubid = 1)",
                 (*values, *lock),
             )
@@ -171,48 +200,31 @@ class HistoryTable:
         )
 
     def recent(self, conn: psycopg.Connection, limit: int) -> list[Mapping[str, Any]]:
-        """Latest rows first, for ``migrunner history``; built with SQLAlchemy Core, the
-        project's query builder for the reporting paths (kept off the hot migrate path for
-        its import cost)."""
-        import sqlalchemy as sa
-        from sqlalchemy.dialects import postgresql
+        """Latest rows first, for ``migrunner history``: one fixed SELECT, so plain SQL (the
+        project dropped SQLAlchemy, which only ever built this query; README "Dependencies")."""
+        cur = conn.execute(
+            f"SELECT {', '.join(RECENT_COLUMNS)} FROM {self.ref} "
+            "WHERE storage_table = %s ORDER BY id DESC LIMIT %s",
+            (self.storage, limit),
+        )
+        return [dict(zip(RECENT_COLUMNS, row, strict=True)) for row in cur]
 
-        md = sa.MetaData()
-        t = sa.Table(
-            HISTORY_TABLE,
-            md,
-            *(
-                sa.Column(c)
-                for c in (
-                    "id",
-                    "storage_table",
-                    "name",
-                    "direction",
-                    "outcome",
-                    "checksum",
-                    "transactional",
-                    "attempts",
-                    "note",
-                    "error",
-                    "started_at",
-                    "finished_at",
-                    "duration_ms",
-                    "runner_host",
-                    "runner_pod",
-                    "runner_version",
-                )
-            ),
-            schema=self.schema,
-        )
-        query = (
-            sa.select(t)
-            .where(t.c.storage_table == sa.bindparam("storage"))
-            .order_by(t.c.id.desc())
-            .limit(sa.bindparam("limit"))
-        )
-        compiled = query.compile(
-            dialect=postgresql.psycopg.dialect(),  # type: ignore[no-untyped-call]
-        )
-        cur = conn.execute(str(compiled), {"storage": self.storage, "limit": limit})
-        cols = [d.name for d in cur.description or ()]
-        return [dict(zip(cols, row, strict=True)) for row in cur]
+
+RECENT_COLUMNS = (
+    "id",
+    "storage_table",
+    "name",
+    "direction",
+    "outcome",
+    "checksum",
+    "transactional",
+    "attempts",
+    "note",
+    "error",
+    "started_at",
+    "finished_at",
+    "duration_ms",
+    "runner_host",
+    "runner_pod",
+    "runner_version",
+)

@@ -2,18 +2,24 @@
 
 * Key: the first 8 bytes of ``sha256("migrunner:<schema>.<table>")`` of the SequelizeMeta it
   guards, as a signed bigint — stable across processes, hosts and versions (never Python's
-  ``hash()``). In ``pg_locks`` it shows as ``locktype = 'advisory'``, ``classid = key >> 32``,
-  ``objid = key & 0xffffffff``, ``objsubid = 1``. ``migrunner lock status`` prints all three.
+  ``hash()``). ``<schema>`` is the schema the table is actually in: ``--schema``, else the
+  session's ``current_schema()`` resolved once at start (so ``--schema app`` and a role whose
+  ``search_path`` leads to ``app`` share one lock). In ``pg_locks`` it shows as
+  ``locktype = 'advisory'``, ``classid = key >> 32``, ``objid = key & 0xffffffff``,
+  ``objsubid = 1``. ``migrunner lock status`` prints all three.
 * Waiting polls ``pg_try_advisory_lock`` and never blocks inside ``pg_advisory_lock``: a waiter
   blocked in a statement would deadlock with a holder running ``CREATE INDEX CONCURRENTLY``
   (which waits for every open transaction). Between polls a waiter sleeps on ``LISTEN`` so the
   holder's ``NOTIFY`` on release wakes it at once; the poll interval covers a holder that died.
-* The lock lives on a dedicated connection that runs nothing else while it holds the lock, so
-  its ``pg_stat_activity.state_change`` says since when the lock is held, and a holder that
-  dies loses it with its connection: no stale lock, nothing to clean up by hand.
+* The lock is held by the very session that runs the migrations. "A runner without its lock
+  never commits" is then true by construction: whoever ends the lock's session (``lock release
+  --force``, a DBA, an idle timeout, a migration that terminates other backends) ends the
+  migration's transaction with it, before or during its COMMIT, and the server rolls it back.
+  There is no second connection whose loss the worker would have to notice in time.
 * Connections announce their role in ``application_name``: ``migrunner/<ver> <pod or host>``
-  for the holder, ``... waiting ...`` for waiters, ``... running <migration>`` for the
-  connection executing migrations.
+  for the holder between migrations, ``... waiting <key8> <pod or host>`` for waiters (``key8``:
+  the low 32 bits of the key in hex, so a DBA tool can tell which lock they wait for),
+  ``... running <migration>`` while the holder executes a migration.
 """
 
 from __future__ import annotations
@@ -24,8 +30,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from runner.db import connect
-from runner.errors import ConfigError, LockTimeout
+from runner.db import is_connection_lost, own_session_settings
+from runner.errors import ConfigError, DatabaseUnavailable, LockTimeout
+from runner.signals import Interrupted
 
 if TYPE_CHECKING:
     import psycopg
@@ -59,6 +66,8 @@ class Backend:
     state: str | None
     state_change: datetime | None
     query: str | None
+    xact_start: datetime | None = None
+    query_start: datetime | None = None
 
     def describe(self) -> str:
         since = self.state_change.isoformat(timespec="seconds") if self.state_change else ""
@@ -71,7 +80,7 @@ class Backend:
 
 BACKEND_COLUMNS = (
     "a.pid, a.usename, a.application_name, host(a.client_addr), a.backend_start, a.state, "
-    "a.state_change, a.query"
+    "a.state_change, a.query, a.xact_start, a.query_start"
 )
 
 
@@ -87,18 +96,24 @@ def holder(conn: psycopg.Connection, key: int) -> Backend | None:
     return Backend(*row) if row else None
 
 
-def peers(conn: psycopg.Connection, role: str) -> list[Backend]:
-    """Other migrunner connections to this database announcing ``role`` (waiting|running)."""
+def waiters(conn: psycopg.Connection, key: int) -> list[Backend]:
+    """Runners of this database polling for this lock (not another ``--table``'s)."""
     rows = conn.execute(
         f"SELECT {BACKEND_COLUMNS} FROM pg_stat_activity a WHERE a.datname = current_database() "
         "AND a.application_name LIKE %s AND a.pid <> pg_backend_pid() ORDER BY a.backend_start",
-        (f"migrunner/% {role} %",),
+        (f"migrunner/% waiting {key_tag(key)} %",),
     ).fetchall()
     return [Backend(*r) for r in rows]
 
 
+def key_tag(key: int) -> str:
+    """The 8 hex digits of a key that waiters put in their application_name."""
+    return f"{key & 0xFFFFFFFF:08x}"
+
+
 class MigrationLock:
-    """Holds the advisory lock on its own connection; a context manager."""
+    """The advisory lock, taken on the connection that will run the migrations; a context
+    manager that releases it (the connection itself belongs to the caller)."""
 
     poll_interval = 1.0
     report_every = 15.0
@@ -111,28 +126,47 @@ class MigrationLock:
         self.held = False
         self.waited = 0.0
 
-    def try_now(self) -> bool:
-        """Open the lock connection and try once, without waiting; True when the lock is ours."""
-        if self.conn is None:
-            self.conn = connect(self.settings)
-        self.held = self.held or self.try_lock(self.conn)
+    def try_now(self, conn: psycopg.Connection) -> bool:
+        """Try once, without waiting, on ``conn``; True when the lock is ours."""
+        self.conn = conn
+        conn.execute(own_session_settings(conn.info.server_version).encode())
+        self.held = self.held or self.try_lock(conn)
         return self.held
 
-    def acquire(self, timeout: float | None = None) -> None:
-        """Take the lock, polling (and sleeping on LISTEN) for up to ``timeout`` seconds."""
+    def acquire(self, conn: psycopg.Connection, timeout: float | None = None) -> None:
+        """Take the lock on ``conn``, polling (sleeping on LISTEN) for up to ``timeout`` s.
+
+        A waiter whose connection drops (server restart, failover, terminated backend) stops
+        with :class:`DatabaseUnavailable` (exit 5): it held nothing, so nothing is lost."""
+        import psycopg
+
+        try:
+            self._acquire(conn, timeout)
+        except Interrupted as exc:
+            exc.context = " while waiting for the migration lock; nothing ran"
+            raise
+        except psycopg.Error as exc:
+            if is_connection_lost(exc) or conn.closed or conn.broken:
+                raise DatabaseUnavailable(
+                    f"lost the connection while waiting for the migration lock (key "
+                    f"{self.key}): {first_line(exc)}; nothing ran"
+                ) from None
+            raise DatabaseUnavailable(
+                f"database error while waiting for the migration lock: {first_line(exc)}"
+            ) from None
+
+    def _acquire(self, conn: psycopg.Connection, timeout: float | None) -> None:
         timeout = self.settings.lock_timeout if timeout is None else timeout
         started = time.monotonic()
-        if self.try_now():
+        if self.try_now(conn):
             return
-        conn = self.conn
-        assert conn is not None
         ident = self.settings.identity
         conn.execute(
             "SELECT set_config('application_name', %s, false)",
             (
-                f"migrunner/{ident.version} waiting {ident.where}".encode()[:63].decode(
-                    errors="ignore"
-                ),
+                f"migrunner/{ident.version} waiting {key_tag(self.key)} {ident.where}".encode()[
+                    :63
+                ].decode(errors="ignore"),
             ),
         )
         conn.execute(f"LISTEN {channel(self.key)}")
@@ -170,11 +204,6 @@ class MigrationLock:
             f"took the migration lock after waiting {self.waited:.1f}s", lock_key=self.key
         )
 
-    def proof(self) -> tuple[int, int, int]:
-        """(holder pid, classid, objid): what a commit checks to prove the lock is still ours."""
-        assert self.conn is not None
-        return (self.conn.info.backend_pid, *pg_locks_ids(self.key))
-
     def try_lock(self, conn: psycopg.Connection) -> bool:
         row = conn.execute(
             "SELECT pg_try_advisory_lock(%s), pg_backend_pid()", (self.key,)
@@ -193,18 +222,20 @@ class MigrationLock:
         return bool(row and row[0])
 
     def release(self) -> None:
+        """Unlock and wake the waiters; the caller closes the connection (which would free
+        the lock anyway)."""
         conn, self.conn = self.conn, None
-        self.held = False
-        if conn is None:
+        held, self.held = self.held, False
+        if conn is None or not held:
             return
         try:
-            if not conn.closed:
+            if not conn.closed and not conn.broken:
+                if conn.info.transaction_status != 0:  # never unlock from inside a transaction
+                    conn.execute(b"ROLLBACK")
                 conn.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
                 conn.execute(f"NOTIFY {channel(self.key)}")
         except Exception:  # the server frees a session lock when the session ends anyway
             pass
-        finally:
-            conn.close()
 
     def __enter__(self) -> MigrationLock:
         """Releases on exit; taking the lock is explicit (``try_now`` / ``acquire``)."""
@@ -212,3 +243,8 @@ class MigrationLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

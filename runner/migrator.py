@@ -14,9 +14,26 @@ Guarantees:
 * a transactional migration failing with 25001 (cannot run inside a transaction block) or
   55P04 (unsafe use of a new enum value) that did not declare its mode is rolled back and re-run
   outside a transaction, with a warning in the log and a note in the history;
+* a JS migration runs in atomic mode (its pool clients multiplexed onto the runner's
+  transaction) while that gives sequelize-cli's result. When its first transaction asks for an
+  isolation level, it is re-run in a runner transaction begun at that level. When atomic mode
+  cannot give sequelize-cli's result (a rollback that would discard work sequelize-cli keeps,
+  another isolation level, ``useTransaction: false``, 25001/55P04), it is rolled back and
+  re-run in *pool mode*: on real connections of its own, exactly as sequelize-cli, under the
+  lock, with a committed ``started`` history row before and SequelizeMeta plus the ``applied``
+  row after — not atomic, so a crash midway is flagged by ``status``;
 * in a run of several migrations, all commits but the last use ``synchronous_commit = off``:
   each stays atomic, and the last, synchronous commit makes all of them durable at once (a
   server crash mid-run loses whole migrations together with their rows, never half of one).
+
+Session rule: a migration may change its session (``SET search_path``, a pg_dump header's
+``set_config('search_path', '', false)``, ``SET ROLE``, temp tables, prepared statements,
+``LISTEN``). None of it reaches the bookkeeping or the next migration: the storage schema is
+resolved once at start (``--schema``, else the session's ``current_schema()``), every
+bookkeeping statement names its table with that schema and ``pg_catalog`` functions, the
+bookkeeping runs as the runner's own role (``RESET SESSION AUTHORIZATION``/``RESET ROLE``
+inside the migration's transaction), and every migration starts from a freshly reset session
+(:data:`SESSION_RESET`; ``DISCARD ALL`` would also drop the migration lock this session holds).
 """
 
 from __future__ import annotations
@@ -24,16 +41,36 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from runner.db import connect, is_connection_lost, wait_until_ready
-from runner.errors import DatabaseUnavailable, DriftError, MigrationFailed, MigrunnerError
-from runner.history import Entry, HistoryTable
+from runner.db import (
+    connect,
+    is_connection_lost,
+    own_session_settings,
+    qualified,
+    wait_until_ready,
+)
+from runner.errors import (
+    AtomicModeUnavailable,
+    ConfigError,
+    DatabaseUnavailable,
+    DriftError,
+    LockLost,
+    MigrationFailed,
+    MigrunnerError,
+)
+from runner.history import HISTORY_TABLE, Entry, HistoryTable
+from runner.lock import pg_locks_ids
 from runner.plan import Drift, Plan, drift, pending, plan_down, plan_up
+from runner.progress import Progress
+from runner.settings import redact
+from runner.signals import Interrupted, MigrationTimeout, time_limit
 from runner.source import Migration, Prehash, Source, discover
 from runner.storage import MetaTable
+from runner.watch import session_watch
 
 if TYPE_CHECKING:
     import psycopg
@@ -44,6 +81,13 @@ if TYPE_CHECKING:
     from runner.quickread import QuickState
     from runner.settings import Settings
 
+#: What ``DISCARD ALL`` does, minus ``pg_advisory_unlock_all()``: this session holds the lock.
+SESSION_RESET = (
+    "RESET SESSION AUTHORIZATION; RESET ALL; CLOSE ALL; DEALLOCATE ALL; UNLISTEN *; "
+    "DISCARD TEMP; DISCARD SEQUENCES"
+)
+#: Inside the migration's transaction, before its bookkeeping: back to the runner's identity.
+BOOKKEEPING_IDENTITY = "RESET SESSION AUTHORIZATION; RESET ROLE"
 RETRYABLE = {"55P03": "lock not available", "40P01": "deadlock detected"}
 NEEDS_AUTOCOMMIT = {
     "25001": "cannot run inside a transaction block",
@@ -57,6 +101,7 @@ class State:
     applied: tuple[str, ...]
     checksums: dict[str, str]
     meta_exists: bool
+    history_exists: bool = False
 
 
 @dataclass
@@ -64,6 +109,8 @@ class StatusReport:
     source: Source
     state: State
     drift: Drift
+    #: pool-mode migrations started and never finished (running now, or the runner died)
+    unfinished: tuple[str, ...] = ()
 
     @property
     def pending(self) -> list[Migration]:
@@ -77,6 +124,8 @@ class StatusReport:
             row = {"name": m.name, "state": state, "kind": m.kind}
             if m.name in self.drift.changed:
                 row["flag"] = "changed"
+            elif m.name in self.unfinished:
+                row["flag"] = "unfinished"
             rows.append(row)
         for name in self.drift.missing:
             rows.append({"name": name, "state": "up", "kind": "?", "flag": "missing"})
@@ -97,8 +146,12 @@ class Migrator:
         self.log = log
         self._source = source  # already read (a fleet reads the folder once for all targets)
         self.meta = MetaTable(settings.table, settings.schema, settings.timestamps)
-        self.history = HistoryTable(self.meta.ref, settings.schema)
+        # The history's key for this SequelizeMeta stays as the user named it (rows written
+        # before the schema was resolved keep matching); where both tables live is resolved.
+        self.history = HistoryTable(qualified(settings.schema, settings.table), settings.schema)
         self.server_version = 0
+        self.resolved = False
+        self.progress = Progress(settings, log)
         self.analysis: Any = None  # runner.rehearsal.AnalyzeOptions: observe the dry run
 
     # ---- reading ---------------------------------------------------------------------------
@@ -112,14 +165,34 @@ class Migrator:
         return src
 
     def read_state(self, conn: psycopg.Connection) -> State:
+        """Read SequelizeMeta (and checksums); the first call also resolves the schema."""
         row = conn.execute(
-            "SELECT to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL",
-            (self.meta.ref, self.history.ref),
+            "SELECT x.s, pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', x.s, %s::text)) "
+            "IS NOT NULL, pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', x.s, %s::text)) "
+            "IS NOT NULL FROM (SELECT coalesce(%s::text, pg_catalog.current_schema()) AS s) x",
+            (self.settings.table, HISTORY_TABLE, self.settings.schema),
         ).fetchone()
-        meta_exists, history_exists = bool(row and row[0]), bool(row and row[1])
+        assert row is not None
+        self.resolve_schema(row[0])
+        meta_exists, history_exists = bool(row[1]), bool(row[2])
         applied = tuple(self.meta.applied(conn)) if meta_exists else ()
         checksums = self.history.applied_checksums(conn) if history_exists and applied else {}
-        return State(applied, checksums, meta_exists)
+        return State(applied, checksums, meta_exists, history_exists)
+
+    def resolve_schema(self, schema: str | None) -> None:
+        """Fix the storage schema for the rest of the run (and the lock key derived from it):
+        whatever a migration later does to ``search_path`` cannot move the bookkeeping."""
+        if self.resolved:
+            return
+        if schema is None:
+            raise ConfigError(
+                "no schema to keep SequelizeMeta in: the session's search_path names no "
+                "existing schema; give --schema (migrationStorageTableSchema) or fix search_path"
+            )
+        self.settings = replace(self.settings, schema=schema)
+        self.meta = replace(self.meta, schema=schema)
+        self.history = replace(self.history, schema=schema)
+        self.resolved = True
 
     def quick_state(self) -> QuickState | None:
         """The state read through libpq without importing psycopg (runner/quickread.py), or
@@ -129,12 +202,18 @@ class Migrator:
 
         params = dict(self.settings.conninfo)
         params["application_name"] = self.settings.identity.application_name()
+
+        def queries(schema: str) -> tuple[str, str]:
+            meta = replace(self.meta, schema=schema)
+            history = replace(self.history, schema=schema)
+            return meta.applied_sql(), history.checksums_sql("$1")
+
         got = read_state(
             params,
-            self.meta.ref,
-            self.history.ref,
-            self.meta.applied_sql(),
-            self.history.checksums_sql("$1"),
+            self.settings.table,
+            HISTORY_TABLE,
+            self.settings.schema,
+            queries,
             self.history.storage,
             pg_locks_ids(lock_key(self.settings.schema, self.settings.table)),
         )
@@ -155,15 +234,13 @@ class Migrator:
 
     def status(self, wait: bool = False) -> StatusReport:
         src = self.source()
-        prehash = Prehash(src.migrations)  # hashes while we connect and read
-        quick = self.quick_state()
-        if quick is not None:
-            state = State(quick.applied, quick.checksums, quick.meta_exists)
-        else:
-            with self.connection(wait) as conn:
-                state = guarded(lambda: self.read_state(conn))
-        prehash.wait()
-        return StatusReport(src, state, drift(src.migrations, state.applied, state.checksums))
+        with self.connection(wait) as conn:
+            state = guarded(lambda: self.read_state(conn))
+            unfinished = (
+                guarded(lambda: self.history.unfinished(conn)) if state.history_exists else []
+            )
+        found = drift(src.migrations, state.applied, state.checksums)
+        return StatusReport(src, state, found, tuple(unfinished))
 
     # ---- running ---------------------------------------------------------------------------
 
@@ -189,7 +266,9 @@ class Migrator:
             plan = plan_up(src.migrations, quick.applied, to, from_=from_, name=name)
             if not plan:
                 prehash.wait()
-                self.check_drift(src, State(quick.applied, quick.checksums, quick.meta_exists))
+                state = State(quick.applied, quick.checksums, quick.meta_exists)
+                self.announce(src, state, plan)
+                self.check_drift(src, state)
                 return RunReport(plan)
         conn: psycopg.Connection | None = None  # opened once the lock is ours, when read quickly
         try:
@@ -200,6 +279,7 @@ class Migrator:
                 state = State(quick.applied, quick.checksums, quick.meta_exists)
             plan = plan_up(src.migrations, state.applied, to, from_=from_, name=name)
             prehash.wait()
+            self.announce(src, state, plan)
             self.check_drift(src, state)
             if not plan:
                 return RunReport(plan)  # nothing pending: no lock, no node
@@ -208,23 +288,20 @@ class Migrator:
             from runner.executors import Executors
             from runner.lock import MigrationLock
 
+            if conn is None:  # read quickly: the worker session (it takes the lock) opens now
+                conn = self.open(False)
             with (
                 nullcontext(executors)
                 if executors and not owned
                 else (owned or Executors(self.settings, self.log)) as ex,
                 MigrationLock(self.settings, self.log) as lock,
             ):
-                if lock.try_now():
+                if guarded(lambda: lock.try_now(conn)):
                     ex.prepare(plan)  # uncontended: node boots during the bookkeeping
                 else:
                     # A waiter holds one connection and no node: with N runners starting at
                     # once, N-1 of them will find nothing to do.
-                    if conn is not None:
-                        conn.close()
-                        conn = None
-                    lock.acquire()
-                if conn is None:
-                    conn = self.open(False)
+                    lock.acquire(conn)
                 state = guarded(lambda: self.read_state(conn))  # again, under the lock
                 self.check_drift(src, state, announce=False)
                 plan = plan_up(src.migrations, state.applied, to, from_=from_, name=name)
@@ -249,15 +326,38 @@ class Migrator:
         from runner.lock import MigrationLock
 
         src = self.source()
-        with (
-            self.connection(wait) as conn,
-            Executors(self.settings, self.log) as executors,
-            MigrationLock(self.settings, self.log) as lock,
-        ):
-            lock.acquire()
-            state = guarded(lambda: self.read_state(conn))
-            plan = plan_down(src.migrations, state.applied, step=step, to=to, all=all, name=name)
-            return self.execute(conn, plan, dry_run, lock, executors)
+        with self.connection(wait) as conn:
+            guarded(lambda: self.read_state(conn))  # resolves the schema, hence the lock key
+            with (
+                Executors(self.settings, self.log) as executors,
+                MigrationLock(self.settings, self.log) as lock,
+            ):
+                lock.acquire(conn)
+                state = guarded(lambda: self.read_state(conn))
+                plan = plan_down(
+                    src.migrations, state.applied, step=step, to=to, all=all, name=name
+                )
+                self.announce(src, state, plan)
+                return self.execute(conn, plan, dry_run, lock, executors)
+
+    def announce(self, src: Source, state: State, plan: Plan) -> None:
+        """The line before a run: where (never a password), which folder, how much to do."""
+        todo = "pending" if plan.direction == "up" else "to revert"
+        table = "" if self.meta.name == "SequelizeMeta" else f", table {self.meta.name}"
+        try:
+            folder = str(src.folder.relative_to(Path.cwd()))
+        except ValueError:
+            folder = str(src.folder)
+        self.log.info(
+            f"Database {self.settings.target} (from {self.settings.config_source}{table}); "
+            f"migrations in {folder}: {len(plan.steps)} {todo}, {len(state.applied)} applied",
+            target=self.settings.target,
+            storage=self.meta.name,
+            migrations_path=str(src.folder),
+            pending=len(plan.steps) if plan.direction == "up" else None,
+            to_revert=len(plan.steps) if plan.direction == "down" else None,
+            applied=len(state.applied),
+        )
 
     def check_drift(self, src: Source, state: State, announce: bool = True) -> None:
         found = drift(src.migrations, state.applied, state.checksums)
@@ -267,6 +367,8 @@ class Migrator:
             if announce:
                 self.log.warn(f"drift allowed by --allow-drift: {found.describe()}")
             return
+        if wrong_place(found, state):
+            raise DriftError(wrong_place_message(self.settings.target, src, state))
         raise DriftError(
             f"{found.describe()} (in {src.folder}); fix the deployment, or pass --allow-drift"
         )
@@ -288,10 +390,33 @@ class Migrator:
             self.dry_run(conn, plan, executors, report)
             return report
         with_ts = guarded(lambda: self.ensure_tables(conn))
-        for i, mig in enumerate(plan.steps):
-            last = i == len(plan.steps) - 1
-            self.apply(conn, mig, plan.direction, executors, with_ts, last, lock.proof())
-            report.done.append(mig.name)
+        proof = (conn.info.backend_pid, *pg_locks_ids(lock.key))
+        for name in set(guarded(lambda: self.history.unfinished(conn))) & {
+            m.name for m in plan.steps
+        }:
+            self.log.warn(
+                f"{name}: an earlier run started it in pool mode and never finished it (it may "
+                "be partly applied); running it again, as sequelize-cli would",
+                migration=name,
+            )
+        self.progress.total = len(plan.steps)
+        try:
+            for i, mig in enumerate(plan.steps):
+                last = i == len(plan.steps) - 1
+                self.apply(conn, mig, plan.direction, executors, with_ts, last, proof)
+                report.done.append(mig.name)
+        except MigrunnerError as err:
+            if report.done and err.exit_code == 2:
+                # Exit 2 promises "nothing ran": not true any more (e.g. node turned out
+                # broken at the first JS migration, after SQL ones committed).
+                raise MigrunnerError(
+                    f"{err.message} (after {len(report.done)} migration(s) of this run were "
+                    f"applied: {', '.join(report.done)})",
+                    exit_code=1,
+                ) from None
+            raise
+        finally:
+            self.progress.close()
         return report
 
     def ensure_tables(self, conn: psycopg.Connection) -> bool:
@@ -299,19 +424,24 @@ class Migrator:
         self.history.ensure(conn)
         return with_ts
 
-    def session_setup(self, name: str, transactional: bool, durable: bool) -> str:
+    def session_setup(
+        self, name: str, transactional: bool, durable: bool, isolation: str | None = None
+    ) -> str:
         """One round trip of settings before a migration (application_name, timeouts)."""
         s = self.settings
         ident = s.identity
         app = f"migrunner/{ident.version} running {name}".encode()[:63].decode("utf-8", "ignore")
         local = "LOCAL " if transactional else ""
-        parts = [f"SET application_name = {quote_literal(app)}"]
+        # A fresh session first, whatever the previous migration did to it.
+        parts = [SESSION_RESET, own_session_settings(self.server_version)]
+        parts.append(f"SET application_name = {quote_literal(app)}")
         if self.server_version >= 140000:
             # A killed runner's backend would otherwise keep its transaction (and its locks)
             # until a blocked statement ends; this makes the server notice within a second.
             parts.append("SET client_connection_check_interval = '1s'")
         if transactional:
-            parts.append("BEGIN")
+            # the level first of all: it can only be set before the transaction's first snapshot
+            parts.append(f"BEGIN ISOLATION LEVEL {isolation.upper()}" if isolation else "BEGIN")
         parts.append(f"SET {local}lock_timeout = '{int(s.statement_lock_timeout * 1000)}ms'")
         if s.statement_timeout:
             parts.append(f"SET {local}statement_timeout = '{int(s.statement_timeout * 1000)}ms'")
@@ -334,19 +464,40 @@ class Migrator:
         transactional = True if declared is None else declared
         notes: list[str] = []
         attempt = 0
-        verb = "migrating" if direction == "up" else "reverting"
-        self.log.info(f"== {mig.name}: {verb} =======", migration=mig.name, direction=direction)
-        if self.apply_batched(conn, mig, direction, executors, with_ts, durable, lock_proof):
-            return
+        isolation: str | None = None  # the level a JS migration's first transaction asked for
+        pool_reason = "it declares useTransaction: false"
+        self.progress.begin(mig, direction, conn)
         while True:
+            if not transactional and mig.kind == "js":
+                self.apply_pool(conn, mig, direction, executors, with_ts, lock_proof, pool_reason)
+                return
             attempt += 1
             started = datetime.now(UTC)
             t0 = time.perf_counter()
             try:
-                conn.execute(self.session_setup(mig.name, transactional, durable).encode())
-                executor.run(mig, direction, conn, transactional=transactional, dry_run=False)
+                conn.execute(
+                    self.session_setup(mig.name, transactional, durable, isolation).encode()
+                )
+                with (
+                    time_limit(self.settings.migration_timeout),
+                    session_watch(conn, enabled=mig.kind == "js"),
+                ):
+                    if isolation is not None:
+                        executors.js.run(
+                            mig,
+                            direction,
+                            conn,
+                            transactional=True,
+                            dry_run=False,
+                            isolation=isolation,
+                        )
+                    else:
+                        executor.run(
+                            mig, direction, conn, transactional=transactional, dry_run=False
+                        )
                 if not transactional:
                     conn.execute(b"BEGIN")
+                conn.execute(self.bookkeeping_setup().encode())
                 if direction == "up":
                     self.meta.log(conn, mig.name, with_ts)
                 else:
@@ -368,25 +519,34 @@ class Migrator:
                     self.settings.identity,
                     lock_proof,
                 )
-                if not still_locked:
+                if not still_locked:  # only this session could have unlocked: the migration did
                     rollback(conn)
-                    raise MigrunnerError(
-                        f"lost the migration lock while running {mig.name} (its holder session "
-                        "was terminated); rolled back",
-                        exit_code=4,
+                    raise LockLost(
+                        f"lost the migration lock while running {mig.name}: the migration "
+                        "released it itself (pg_advisory_unlock_all?); rolled back"
                     )
                 conn.execute(b"COMMIT")
-                past = "migrated" if direction == "up" else "reverted"
-                self.log.info(
-                    f"== {mig.name}: {past} ({elapsed / 1000:.3f}s)",
-                    migration=mig.name,
-                    direction=direction,
-                    duration_ms=round(elapsed, 1),
-                    transactional=transactional,
-                )
+                self.progress.end(mig, direction, elapsed, transactional=transactional)
                 return
+            except AtomicModeUnavailable as why:
+                rollback(conn)
+                if why.isolation is not None and isolation is None:
+                    isolation = why.isolation
+                    self.log.info(
+                        f"{mig.name}: {why.message}; re-running it in a transaction at that level",
+                        migration=mig.name,
+                        isolation=isolation,
+                    )
+                    notes.append(f"isolation level {isolation}")
+                else:
+                    pool_reason = why.message
+                    transactional = False
+                attempt = 0
+                continue
             except MigrationFailed as err:
                 rollback(conn)
+                if conn.closed or conn.broken:  # e.g. node killed because the session ended
+                    raise self.lock_lost(mig, direction, transactional, started, t0, err) from None
                 if transactional and err.sqlstate in RETRYABLE and attempt <= self.settings.retries:
                     delay = min(0.2 * 2 ** (attempt - 1), 5.0)
                     msg = (
@@ -405,20 +565,42 @@ class Migrator:
                     )
                     self.log.warn(msg, migration=mig.name, sqlstate=err.sqlstate)
                     notes.append(f"re-run outside a transaction after SQLSTATE {err.sqlstate}")
+                    pool_reason = f"SQLSTATE {err.sqlstate} ({NEEDS_AUTOCOMMIT[err.sqlstate]})"
                     transactional = False
                     attempt = 0
                     continue
                 self.record_failure(conn, mig, direction, transactional, started, t0, err, notes)
                 raise
-            except MigrunnerError:
+            except MigrunnerError as err:
                 rollback(conn)
+                if conn.closed or conn.broken:
+                    raise self.lock_lost(mig, direction, transactional, started, t0, err) from None
+                raise
+            except MigrationTimeout as exc:
+                rollback(conn)
+                err3 = MigrationFailed(
+                    f"migration {mig.name} ({direction}) ran longer than --migration-timeout "
+                    f"{exc.seconds:g}s: {'rolled back' if transactional else NOT_ROLLED_BACK}"
+                )
+                self.record_failure(conn, mig, direction, transactional, started, t0, err3, notes)
+                raise err3 from None
+            except Interrupted as exc:  # SIGTERM / SIGINT: see runner.signals
+                rollback(conn)
+                exc.context = (
+                    f" while running {mig.name} ({direction}): "
+                    f"{'rolled back' if transactional else NOT_ROLLED_BACK}; the migration lock "
+                    "is released"
+                )
+                if not (conn.closed or conn.broken):
+                    interrupted = MigrunnerError(exc.message)
+                    self.record_failure(
+                        conn, mig, direction, transactional, started, t0, interrupted, notes
+                    )
                 raise
             except Exception as exc:
                 rollback(conn)
-                if is_connection_lost(exc):
-                    raise DatabaseUnavailable(
-                        f"connection lost while running {mig.name} ({direction}): {first_line(exc)}"
-                    ) from None
+                if is_connection_lost(exc) or conn.closed or conn.broken:
+                    raise self.lock_lost(mig, direction, transactional, started, t0, exc) from None
                 import psycopg
 
                 if isinstance(exc, psycopg.Error):
@@ -433,92 +615,152 @@ class Migrator:
                     raise err2 from None
                 raise
 
-    def apply_batched(
+    def bookkeeping_setup(self) -> str:
+        """Inside the migration's transaction, before SequelizeMeta and history are written."""
+        timeout = int((self.settings.statement_timeout or 0) * 1000)
+        return f"{BOOKKEEPING_IDENTITY}; SET LOCAL statement_timeout = '{timeout}ms'"
+
+    def lock_lost(
+        self,
+        mig: Migration,
+        direction: str,
+        transactional: bool,
+        started: datetime,
+        t0: float,
+        exc: BaseException,
+    ) -> MigrunnerError:
+        """The session holding the lock (and running the migration) ended under us: the
+        server rolled the open transaction back and freed the lock. Say so, and leave a
+        history row from a fresh connection (best effort: the lock is gone)."""
+        why = exc.message if isinstance(exc, MigrunnerError) else first_line(exc)
+        state = getattr(exc, "sqlstate", None) or ""
+        if state not in LOST_BECAUSE:
+            state = next((c for c, text in LOST_TEXT.items() if text in why), "")
+        effect = (
+            "the server rolled it back"
+            if transactional
+            else "it ran outside a transaction: its statements that completed stay applied, "
+            "it is not recorded, and nothing more of it ran"
+        )
+        try:  # is the server still there? then it ended our session on purpose
+            fresh: psycopg.Connection | None = connect(replace(self.settings, wait_timeout=0))
+        except Exception:
+            fresh = None
+        err: MigrunnerError
+        if fresh is not None:
+            # a DBA, `lock release --force`, a migration terminating other backends, an idle
+            # timeout, or node stopped because of one of these
+            cause = f" ({LOST_BECAUSE[state]})" if state in LOST_BECAUSE else ""
+            err = LockLost(
+                f"lost the migration lock while running {mig.name} ({direction}): its session "
+                f"was ended by the server{cause}: {why}; {effect}"
+            )
+            with fresh:
+                self.record_failure(fresh, mig, direction, transactional, started, t0, err, [])
+        else:  # the server or the network went away
+            if not why.startswith("connection lost"):
+                why = f"connection lost while running {mig.name} ({direction}): {why}"
+            err = DatabaseUnavailable(f"{why}; the migration lock went with it; {effect}")
+        return err
+
+    def apply_pool(
         self,
         conn: psycopg.Connection,
         mig: Migration,
         direction: str,
         executors: Executors,
         with_ts: bool,
-        durable: bool,
         lock_proof: tuple[int, int, int],
-    ) -> bool:
-        """Run a transactional SQL migration in ONE round trip, the common case: session
-        settings, ``BEGIN``, its statements, its SequelizeMeta and history rows, the lock check
-        and ``COMMIT`` go in one simple-query message (PostgreSQL skips the rest of a message
-        after an error, so nothing past a failure runs and nothing commits).
-
-        Why: every round trip is two wake-ups of two processes; with 5 per migration, 10,000
-        migrations on a busy node (or across a network) spent most of their time waiting.
-
-        On any error the transaction is rolled back and False returned: :meth:`apply`'s loop
-        then runs the migration again step by step, statement by statement, and names the
-        failing statement and its line, retries, falls back to autocommit or records the
-        failure exactly as before — a failing migration's statements run twice, as they did
-        with the batch and its replay."""
-        sqlx = executors.sql
-        if mig.kind != "sql" or sqlx.observer is not None:
-            return False
-        try:
-            section = sqlx.section(mig, direction)
-        except MigrunnerError:
-            return False
-        if not section.transactional or not section.statements:
-            return False
-        import psycopg
-        from psycopg import sql
-
-        def literal(value: object) -> str:
-            # quoting by hand is exact without backslashes (whatever standard_conforming_strings
-            # says) and 10× cheaper than an adapter per value
-            if value is None:
-                return "NULL"
-            if isinstance(value, bool):
-                return "true" if value else "false"
-            if isinstance(value, int):
-                return str(value)
-            if isinstance(value, str) and "\\" not in value and "\0" not in value:
-                return quote_literal(value)
-            return sql.Literal(value).as_string(conn)
-
-        name = literal(mig.name)
-        entry = Entry(
-            name=mig.name,
-            direction=direction,
-            outcome="applied" if direction == "up" else "reverted",
-            checksum=mig.checksum,
-            transactional=True,
-            started_at=datetime.now(UTC),  # not sent: the server's own clock is used
-            duration_ms=0.0,
+        reason: str,
+    ) -> None:
+        """Run a JS migration in pool mode (see the module docstring): not atomic, so its
+        ``started`` row is committed first and SequelizeMeta is written only after success."""
+        name = mig.name
+        if self.settings.pool_mode == "never":
+            refused = MigrationFailed(
+                f"{name} ({direction}) would need pool mode (not atomic) because {reason}; "
+                "refused by --pool-mode never (nothing of it was applied)"
+            )
+            started = datetime.now(UTC)
+            self.record_failure(
+                conn, mig, direction, False, started, time.perf_counter(), refused, []
+            )
+            raise refused
+        self.log.warn(
+            f"{name}: running it in pool mode — on real connections of its own, exactly as "
+            f"sequelize-cli would, NOT atomically — because {reason}",
+            migration=name,
+            mode="pool",
         )
-        parts = [self.session_setup(mig.name, True, durable)]
-        parts += [st.sql for st in section.statements]
-        parts.append(
-            self.meta.log_sql(name, with_ts) if direction == "up" else self.meta.unlog_sql(name)
-        )
-        parts.append(self.history.record_sql(entry, self.settings.identity, lock_proof, literal))
-        parts.append("COMMIT")
+        note = f"pool mode: {reason}"
+        started = datetime.now(UTC)
         t0 = time.perf_counter()
+        rollback(conn)
+
+        def entry(outcome: str, error: str | None = None) -> Entry:
+            return Entry(
+                name=name,
+                direction=direction,
+                outcome=outcome,
+                checksum=mig.checksum,
+                transactional=False,
+                started_at=started,
+                duration_ms=(time.perf_counter() - t0) * 1000,
+                note=note,
+                error=error,
+            )
+
+        who = self.settings.identity
+        conn.execute(self.session_setup(name, False, True).encode())
+        if not guarded(lambda: self.history.record(conn, entry("started"), who, lock_proof)):
+            raise LockLost(
+                f"lost the migration lock before running {name} in pool mode; nothing ran"
+            )
+        app = f"migrunner/{who.version} pool-mode running {name}"
         try:
-            conn.execute(";\n".join(parts).encode())
-        except psycopg.Error as exc:
-            if is_connection_lost(exc):
-                raise DatabaseUnavailable(
-                    f"connection lost while running {mig.name} ({direction}): {first_line(exc)}"
-                ) from None
+            # the lock lives on ``conn``: if its session ends, node is stopped at once
+            with time_limit(self.settings.migration_timeout), session_watch(conn, enabled=True):
+                executors.js.run_pool(
+                    mig,
+                    direction,
+                    conn,
+                    self.settings.conninfo,
+                    app.encode()[:63].decode("utf-8", "ignore"),
+                )
+        except MigrationFailed as err:
+            failed = MigrationFailed(
+                f"{err.message} — in pool mode (not atomic): what it did before failing stays, "
+                "as under sequelize-cli",
+                sqlstate=err.sqlstate,
+            )
+            self.record_failure(conn, mig, direction, False, started, t0, failed, [note])
+            raise failed from None
+
+        def record() -> bool:
+            conn.execute(b"BEGIN")
+            conn.execute(self.bookkeeping_setup().encode())
+            if direction == "up":
+                self.meta.log(conn, name, with_ts)
+            else:
+                self.meta.unlog(conn, name)
+            return self.history.record(
+                conn, entry("applied" if direction == "up" else "reverted"), who, lock_proof
+            )
+
+        try:
+            still_locked = guarded(record)
+        except BaseException:
             rollback(conn)
-            sqlx.unbatched.add(mig.path)
-            return False
+            raise
+        if not still_locked:
+            rollback(conn)
+            raise LockLost(
+                f"lost the migration lock while running {name} in pool mode: its changes are in "
+                "the database but it is NOT recorded as applied (status flags it)"
+            )
+        guarded(lambda: conn.execute(b"COMMIT"))
         elapsed = (time.perf_counter() - t0) * 1000
-        past = "migrated" if direction == "up" else "reverted"
-        self.log.info(
-            f"== {mig.name}: {past} ({elapsed / 1000:.3f}s)",
-            migration=mig.name,
-            direction=direction,
-            duration_ms=round(elapsed, 1),
-            transactional=True,
-        )
-        return True
+        self.progress.end(mig, direction, elapsed, transactional=False, mode="pool")
 
     def record_failure(
         self,
@@ -532,6 +774,7 @@ class Migrator:
         notes: list[str],
     ) -> None:
         try:
+            conn.execute(SESSION_RESET.encode())  # the failed migration's session state, gone
             self.history.record(
                 conn,
                 Entry(
@@ -543,7 +786,8 @@ class Migrator:
                     started_at=started,
                     duration_ms=(time.perf_counter() - t0) * 1000,
                     note="; ".join(notes) or None,
-                    error=err.message[:2000],
+                    # `history` prints this column: no password may be stored in it
+                    error=redact(err.message, self.settings.password)[:2000],
                 ),
                 self.settings.identity,
             )
@@ -569,13 +813,27 @@ class Migrator:
         ms = int(self.settings.statement_lock_timeout * 1000)
         on_copy: MigrationFailed | None = None
         try:
-            conn.execute(f"BEGIN; SET LOCAL lock_timeout = '{ms}ms'".encode())
+            fresh = f"{SESSION_RESET}; BEGIN; SET LOCAL lock_timeout = '{ms}ms'"
+            conn.execute(fresh.encode())
             with_ts = self.ensure_tables(conn)
             for mig in plan.steps:
+                # what each migration starts from, as in a real run (DISCARD is not allowed in
+                # the rehearsal's transaction; RESET is)
+                conn.execute(
+                    f"RESET SESSION AUTHORIZATION; RESET ALL; SET LOCAL lock_timeout = '{ms}ms'"
+                )
                 executor = executors.for_(mig)
                 declared = executor.declared_transactional(mig, plan.direction)
-                result = executor.run(mig, plan.direction, conn, transactional=True, dry_run=True)
+                if mig.kind == "js":
+                    result = self.rehearse_js(conn, mig, plan.direction, executors, declared)
+                    if result.not_rehearsed and result.not_rehearsed.startswith(POOL_MODE_NOTE):
+                        declared = False  # it runs outside a transaction
+                else:
+                    result = executor.run(
+                        mig, plan.direction, conn, transactional=True, dry_run=True
+                    )
                 report.dry_run.append((mig, declared is not False, result))
+                conn.execute(BOOKKEEPING_IDENTITY)
                 if plan.direction == "up":
                     self.meta.log(conn, mig.name, with_ts)
                 else:
@@ -629,6 +887,53 @@ class Migrator:
                 raise
             raise MigrationFailed(f"dry run failed: {first_line(exc)}") from None
 
+    def rehearse_js(
+        self,
+        conn: psycopg.Connection,
+        mig: Migration,
+        direction: str,
+        executors: Executors,
+        declared: bool | None,
+    ) -> RunResult:
+        """Rehearse a JS migration inside the dry run's transaction — unless it would run in pool
+        mode, which nothing can rehearse without doing it for real: then it is not run at all
+        (or, found out midway, rolled back to before it) and reported as such."""
+        from runner.executors import RunResult
+
+        if declared is False:
+            return RunResult(not_rehearsed=not_rehearsed("it declares useTransaction: false"))
+        conn.execute(b"SAVEPOINT migrunner_rehearse_js")
+        try:
+            result = executors.js.run(mig, direction, conn, transactional=True, dry_run=True)
+        except AtomicModeUnavailable as why:
+            conn.execute(b"ROLLBACK TO SAVEPOINT migrunner_rehearse_js")
+            self.log.warn(f"{mig.name}: would run in pool mode ({why.message}); not rehearsed")
+            return RunResult(not_rehearsed=not_rehearsed(why.message))
+        conn.execute(b"RELEASE SAVEPOINT migrunner_rehearse_js")
+        return result
+
+
+POOL_MODE_NOTE = "runs outside a transaction; not rehearsed"
+
+
+def not_rehearsed(reason: str) -> str:
+    return f"{POOL_MODE_NOTE}: pool mode, because {reason}"
+
+
+def wrong_place(found: Drift, state: State) -> bool:
+    """Every applied migration's file is missing: not drift but the wrong folder or database,
+    which --allow-drift would only make worse (it would apply the folder on top)."""
+    return bool(state.applied) and len(found.missing) == len(state.applied)
+
+
+def wrong_place_message(target: str, src: Source, state: State) -> str:
+    n = len(state.applied)
+    shown = ", ".join(state.applied[:3]) + (f" and {n - 3} more" if n > 3 else "")
+    return (
+        f"applied but file missing: {shown} — that is every migration applied to {target}, "
+        f"none of them is in {src.folder}: wrong --migrations-path, or the wrong database"
+    )
+
 
 def raise_empty(src: Source) -> None:
     from runner.errors import SourceError
@@ -671,4 +976,24 @@ def first_line(exc: BaseException) -> str:
 
 
 def quote_literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+    """An ``E''`` literal: the same meaning whatever ``standard_conforming_strings`` says (a
+    file name with a backslash and a quote must never become SQL)."""
+    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+#: Why a session ends, by SQLSTATE, and the words PostgreSQL's message uses for it.
+LOST_BECAUSE = {
+    "57P01": "terminated by an administrator or `lock release --force`",
+    "57P05": "idle_session_timeout",
+    "25P03": "idle_in_transaction_session_timeout",
+    "57P02": "server crash",
+    "57P03": "server shutting down",
+}
+NOT_ROLLED_BACK = "it ran outside a transaction: its completed statements stay applied"
+LOST_TEXT = {
+    "57P01": "administrator command",
+    "57P05": "idle-session timeout",
+    "25P03": "idle-in-transaction timeout",
+    "57P02": "crash of another server process",
+    "57P03": "the database system is shutting down",
+}

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 CONNECTION_OK = 0
@@ -143,9 +143,13 @@ def conninfo_string(params: Mapping[str, str]) -> bytes:
     return " ".join(f"{k}={q(str(v))}" for k, v in params.items()).encode()
 
 
-def query(lib: Any, conn: int, sql: str, params: Sequence[str] = ()) -> list[list[str | None]]:
+def query(
+    lib: Any, conn: int, sql: str, params: Sequence[str | None] = ()
+) -> list[list[str | None]]:
     """Rows of one statement as text; raises LookupError on any failure."""
-    arr = (ctypes.c_char_p * max(len(params), 1))(*[p.encode() for p in params])
+    arr = (ctypes.c_char_p * max(len(params), 1))(
+        *[None if p is None else p.encode() for p in params]
+    )
     res = lib.PQexecParams(conn, sql.encode(), len(params), None, arr, None, None, 0)
     if not res:
         raise LookupError("no result")
@@ -170,10 +174,10 @@ def query(lib: Any, conn: int, sql: str, params: Sequence[str] = ()) -> list[lis
 
 def read_state(
     conninfo: Mapping[str, str],
-    meta_ref: str,
-    history_ref: str,
-    applied_sql: str,
-    checksums_sql: str,
+    table: str,
+    history_table: str,
+    schema: str | None,
+    queries: Callable[[str], tuple[str, str]],
     storage: str,
     lock_ids: tuple[int, int] = (0, 0),
 ) -> QuickState | None:
@@ -197,17 +201,24 @@ def read_state(
         if lib.PQstatus(conn) != CONNECTION_OK:
             return None
         classid, objid = (int(x) for x in lock_ids)
-        ((meta_exists, history_exists, busy),) = query(
+        # the storage schema as the ordinary path resolves it (--schema, else current_schema())
+        ((resolved, meta_exists, history_exists, busy),) = query(
             lib,
             conn,
-            "SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL, "
+            "SELECT x.s, pg_catalog.to_regclass(pg_catalog.format('%I.%I', x.s, $1::text)) "
+            "IS NOT NULL, pg_catalog.to_regclass(pg_catalog.format('%I.%I', x.s, $2::text)) "
+            "IS NOT NULL, "
             "EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' "
             f"AND classid = {classid}::oid AND objid = {objid}::oid AND objsubid = 1 "
             "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())) "
             "OR EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
-            "AND datname = current_database() AND application_name LIKE 'migrunner/%')",
-            (meta_ref, history_ref),
+            "AND datname = current_database() AND application_name LIKE 'migrunner/%') "
+            "FROM (SELECT coalesce($3::text, pg_catalog.current_schema()) AS s) x",
+            (table, history_table, schema),
         )
+        if resolved is None:
+            return None  # the ordinary path says why (no schema to keep SequelizeMeta in)
+        applied_sql, checksums_sql = queries(resolved)
         if meta_exists != "t":
             return QuickState((), {}, False, busy == "t")
         # one value per list: a ctypes call per row and column would cost more than psycopg

@@ -29,7 +29,7 @@ from runner.analyze import (
     blocked_findings,
 )
 from runner.db import connect
-from runner.errors import MigrationFailed
+from runner.errors import AtomicModeUnavailable, MigrationFailed
 from runner.observe import BlockerWatch, Observer, count_rows
 from runner.rehearsal_copy import scratch_copy
 
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from runner.executors import Executors, RunResult
     from runner.migrator import Migrator, RunReport
     from runner.plan import Plan
+    from runner.settings import Settings
     from runner.source import Migration
 
 NEEDS_COPY = {
@@ -138,6 +139,9 @@ def rehearse_one(
     observer.begin(mig.name, True, "target")
     try:
         result = executor.run(mig, "up", conn, transactional=True, dry_run=True)
+    except AtomicModeUnavailable as why:
+        observer.discard()
+        return f"it runs in pool mode ({why.message})"
     except MigrationFailed as err:
         if err.sqlstate == "55P03" or err.sqlstate in NEEDS_COPY:
             observer.discard()
@@ -181,6 +185,15 @@ def rehearse_on_copy(
                     observer.begin(mig.name, transactional, "copy", fresh=True)
                 try:
                     result = apply_on_copy(migrator, conn, mig, executors, transactional, with_ts)
+                except AtomicModeUnavailable:
+                    rollback(conn)  # pool mode, as the real run (on the copy: safe to run)
+                    if watching:
+                        observer.discard()
+                        observer.begin(mig.name, False, "copy", note="pool mode", fresh=True)
+                    result = apply_on_copy(
+                        migrator, conn, mig, executors, False, with_ts, pool=copy
+                    )
+                    transactional = False
                 except MigrationFailed as err:
                     rollback(conn)
                     fallback = transactional and declared is None
@@ -214,8 +227,21 @@ def apply_on_copy(
     executors: Executors,
     transactional: bool,
     with_ts: bool,
+    pool: Settings | None = None,
 ) -> RunResult:
+    """``pool``: the copy's settings, to run a JS migration the real run runs in pool mode
+    because atomic mode cannot represent it, in pool mode too (its statements unobserved);
+    other non-transactional JS runs on this one observed connection, as good a rehearsal."""
     executor = executors.for_(mig)
+    if pool is not None:
+        from runner.executors import RunResult as Result
+
+        name = f"migrunner analyze copy: {mig.name}".encode()[:63].decode("utf-8", "ignore")
+        executors.js.run_pool(mig, "up", conn, pool.conninfo, name)
+        conn.execute(b"BEGIN")
+        migrator.meta.log(conn, mig.name, with_ts)
+        conn.execute(b"COMMIT")
+        return Result([("pool mode on the copy (statements not observed)", "-- " + mig.name)])
     if transactional:
         ms = int(migrator.settings.statement_lock_timeout * 1000)
         conn.execute(f"BEGIN; SET LOCAL lock_timeout = '{ms}ms'".encode())

@@ -195,9 +195,9 @@ class SeedRunner:
             Executors(self.settings, self.log) as executors,
             MigrationLock(self.settings, self.log) as lock,
         ):
-            lock.acquire()
             conn = connect(self.settings)
             try:
+                lock.acquire(conn)  # held by the session that runs the seeders
                 executed = guarded(lambda: self.executed(conn))
                 if direction == "up":
                     steps = plan_seed(src.migrations, executed, seeds)

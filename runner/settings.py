@@ -18,6 +18,7 @@ session advisory lock is not safe.
 
 from __future__ import annotations
 
+import math
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -84,10 +85,12 @@ class CliOptions:
     lock_timeout: float | None = None
     statement_lock_timeout: float | None = None
     statement_timeout: float | None = None
+    migration_timeout: float | None = None
     retries: int | None = None
     wait_timeout: float | None = None
     log_format: str | None = None
     allow_drift: bool = False
+    pool_mode: str | None = None
     strict_await: bool = False
     settle_timeout: float | None = None
 
@@ -103,14 +106,22 @@ class Settings:
     lock_timeout: float = 300.0
     statement_lock_timeout: float = 5.0
     statement_timeout: float | None = None
+    migration_timeout: float | None = None  # seconds one migration's code may run
     retries: int = 5
     wait_timeout: float = 60.0
     allow_drift: bool = False
+    #: "auto": a JS migration atomic mode cannot run faithfully re-runs in pool mode (real
+    #: connections, not atomic, as sequelize-cli); "never": it fails instead.
+    pool_mode: str = "auto"
     non_transactional: frozenset[str] = frozenset()
     sequelize_options: Mapping[str, Any] = field(default_factory=dict)
     search_dirs: tuple[Path, ...] = ()
     identity: Identity = field(default_factory=lambda: Identity(host="localhost"))
     config_source: str = ""
+    config_file: Path | None = None  # the Sequelize config file in use, if any
+    env_name: str | None = None  # its environment ("Using environment ...")
+    heartbeat: float = 10.0  # seconds between "still running" lines (MIGRUNNER_HEARTBEAT)
+    credentials: str = ""  # where the user/password came from, for authentication hints
     app: Any = field(default=None, repr=False, compare=False)  # the AppConfig, when one was read
     #: JS migrations: refuse queries issued after up()/down() resolved instead of running them
     #: in the migration's transaction (with a warning).
@@ -123,6 +134,16 @@ class Settings:
         return self.conninfo.get("password") or None
 
 
+def credentials_origin(source: str, conninfo: Mapping[str, str], environ: Mapping[str, str]) -> str:
+    """Where libpq will take the password from, named for a failed-authentication hint."""
+    if conninfo.get("password"):
+        return {"DB_* environment": "DB_USER/DB_PASSWORD"}.get(source, source)
+    if environ.get("PGPASSWORD"):
+        return "PGPASSWORD"
+    passfile = conninfo.get("passfile") or environ.get("PGPASSFILE") or "~/.pgpass"
+    return f"no password in {source}, PGPASSWORD or {passfile}"
+
+
 def url_to_conninfo(url: str, what: str) -> dict[str, str]:
     """Parse a postgres URL into libpq keywords; errors never echo the URL (passwords)."""
     if not url.startswith(("postgres://", "postgresql://")):
@@ -133,6 +154,7 @@ def url_to_conninfo(url: str, what: str) -> dict[str, str]:
         )
     from runner.dburl import split_dbmate_params
 
+    url = node_userinfo(url)
     libpq_url, extra = split_dbmate_params(url)  # dbmate's ?search_path=, ?socket=
     from runner.quickread import parse_conninfo
 
@@ -154,6 +176,45 @@ def url_to_conninfo(url: str, what: str) -> dict[str, str]:
     return out
 
 
+def node_userinfo(url: str) -> str:
+    """Read the user and password as node's ``url.parse`` (and so Sequelize and sequelize-cli)
+    does, and percent-encode them for libpq: the authority ends at the first ``/``, ``?`` or
+    ``#``, and its LAST ``@`` ends the userinfo, so ``postgresql://app:pa@ss@db/x`` is user
+    ``app``, password ``pa@ss``, host ``db`` (libpq alone would take the host ``ss@db``)."""
+    from urllib.parse import quote, unquote
+
+    scheme, sep, rest = url.partition("://")
+    ends = [i for i in (rest.find(c) for c in "/?#") if i >= 0]
+    host_end = min(ends) if ends else len(rest)
+    at = rest.rfind("@", 0, host_end)
+    if at < 0 or rest.count("@", 0, at) == 0:
+        return url  # zero or one '@': libpq reads it the same way
+    user, colon, password = rest[:at].partition(":")
+    auth = quote(unquote(user), safe="") + (colon + quote(unquote(password), safe=""))
+    return f"{scheme}{sep}{auth}@{rest[at + 1 :]}"
+
+
+def secret_values(secrets: list[str | None]) -> list[str]:
+    """The strings to remove from every output: each secret, and for a URL its password
+    (plain and percent-encoded)."""
+    from urllib.parse import unquote, urlsplit
+
+    values: set[str] = set()
+    for secret in secrets:
+        if not secret:
+            continue
+        if "://" not in secret:
+            values.add(secret)
+            continue
+        try:
+            pw = urlsplit(node_userinfo(secret)).password
+        except ValueError:
+            pw = None
+        if pw:
+            values |= {pw, unquote(pw)}
+    return sorted(values)
+
+
 def redact(text: str, *secrets: str | None) -> str:
     """Remove every secret (and the password part of any URL among them) from ``text``."""
     from urllib.parse import unquote, urlsplit
@@ -165,11 +226,13 @@ def redact(text: str, *secrets: str | None) -> str:
         candidates = {secret}
         if "://" in secret:
             try:
-                pw = urlsplit(secret).password
+                pw = urlsplit(node_userinfo(secret)).password
             except ValueError:
                 pw = None
             if pw:
-                candidates |= {pw, unquote(pw)}
+                plain = unquote(pw)
+                # also every piece a wrong parse could have printed (the text after an '@')
+                candidates |= {pw, plain, *(p for p in plain.split("@")[1:] if len(p) >= 4)}
         for c in sorted(candidates, key=len, reverse=True):
             if c:
                 out = out.replace(c, "***")
@@ -198,15 +261,24 @@ def describe(conninfo: Mapping[str, str], environ: Mapping[str, str]) -> str:
 def number(
     value: float | int | None, environ: Mapping[str, str], var: str, default: float
 ) -> float:
+    """A duration from an option or its variable: finite and not negative (``nan`` would
+    compare false with every deadline and wait forever)."""
+    flag = "--" + var.removeprefix("MIGRUNNER_").lower().replace("_", "-")
     if value is not None:
-        return float(value)
-    raw = environ.get(var)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigError(f"{var}={raw!r}: expected a number of seconds") from None
+        seconds = float(value)
+        source = f"{flag} {value}"
+    else:
+        raw = environ.get(var)
+        if raw is None or raw == "":
+            return default
+        try:
+            seconds = float(raw)
+        except ValueError:
+            raise ConfigError(f"{var}={raw!r}: expected a number of seconds") from None
+        source = f"{var}={raw!r} ({flag})"
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ConfigError(f"{source}: expected a finite, non-negative number of seconds")
+    return seconds
 
 
 def resolve(
@@ -270,6 +342,7 @@ def resolve(
         p for p in (migrations_path, Path(config_path).parent if config_path else None, cwd) if p
     )
     statement_timeout = number(opts.statement_timeout, environ, "MIGRUNNER_STATEMENT_TIMEOUT", 0)
+    migration_timeout = number(opts.migration_timeout, environ, "MIGRUNNER_MIGRATION_TIMEOUT", 0)
     settle_timeout = number(
         opts.settle_timeout, environ, "MIGRUNNER_SETTLE_TIMEOUT", DEFAULT_SETTLE_TIMEOUT
     )
@@ -282,7 +355,11 @@ def resolve(
         if opts.retries is not None
         else int(number(None, environ, "MIGRUNNER_RETRIES", 5))
     )
+    pool_mode = opts.pool_mode or environ.get("MIGRUNNER_POOL_MODE") or "auto"
+    if pool_mode not in ("auto", "never"):
+        raise ConfigError(f"--pool-mode {pool_mode!r}: expected auto or never")
     return Settings(
+        pool_mode=pool_mode,
         conninfo=conninfo,
         target=describe(conninfo, environ),
         migrations_path=migrations_path,
@@ -294,6 +371,7 @@ def resolve(
             opts.statement_lock_timeout, environ, "MIGRUNNER_STATEMENT_LOCK_TIMEOUT", 5
         ),
         statement_timeout=statement_timeout or None,
+        migration_timeout=migration_timeout or None,
         retries=max(0, retries),
         wait_timeout=number(opts.wait_timeout, environ, "MIGRUNNER_WAIT_TIMEOUT", 60),
         allow_drift=opts.allow_drift or environ.get("MIGRUNNER_ALLOW_DRIFT", "") in ("1", "true"),
@@ -304,6 +382,10 @@ def resolve(
         search_dirs=search_dirs,
         identity=Identity.from_env(environ),
         config_source=source,
+        config_file=Path(config_path) if config_path else None,
+        env_name=getattr(app, "env_name", None) if app else None,
+        heartbeat=max(0.1, number(None, environ, "MIGRUNNER_HEARTBEAT", 10)),
+        credentials=credentials_origin(source, conninfo, environ),
         app=app,
         strict_await=opts.strict_await
         or environ.get("MIGRUNNER_STRICT_AWAIT", "") in ("1", "true"),

@@ -202,6 +202,7 @@ def discover(folder: Path) -> Source:
     child = getattr(base, "_make_child_relpath", base.joinpath)
     for entry in entries:
         name = entry.name
+        check_entry(entry, folder)
         if entry.is_dir() and (Path(folder) / name / FOLDER_UP).is_file():
             migrations.append(Migration(name=name, path=Path(folder) / name, kind="sql"))
             continue
@@ -217,6 +218,29 @@ def discover(folder: Path) -> Source:
         migrations.sort(key=lambda m: js_sort_key(m.name))
     check_names([m.name for m in migrations], folder)
     return Source(Path(folder), tuple(migrations), tuple(sorted(ignored)))
+
+
+def check_entry(entry: os.DirEntry[str], folder: Path) -> None:
+    """Refuse, before anything runs, what would otherwise fail half-way or be skipped
+    silently: a symlink to nothing (a ConfigMap volume's files are symlinks; a half-updated
+    one must not look like a folder with a migration missing) and a file name that is not
+    UTF-8 (it could never be stored in SequelizeMeta)."""
+    name = entry.name
+    if name.startswith("."):
+        return  # ConfigMap's own ..data links, editors' dotfiles: never migrations
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = os.fsencode(name)
+        raise SourceError(
+            f"{folder}: file name {ascii(raw)[1:]} is not valid UTF-8: rename it"
+        ) from None
+    if entry.is_symlink() and not os.path.exists(entry.path):
+        target = os.readlink(entry.path)
+        raise SourceError(
+            f"{folder / name}: dangling symlink (to {target}): the migrations folder is "
+            "incomplete; nothing was run"
+        )
 
 
 def check_names(names: list[str], folder: Path) -> None:

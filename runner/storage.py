@@ -28,6 +28,11 @@ class MetaTable:
     def ref(self) -> str:
         return qualified(self.schema, self.table)
 
+    @property
+    def name(self) -> str:
+        """``schema.table`` unquoted, for messages and JSON (``ref`` is the SQL form)."""
+        return f"{self.schema}.{self.table}" if self.schema else self.table
+
     def create_sql(self) -> str:
         cols = '"name" VARCHAR(255) NOT NULL UNIQUE'
         if self.timestamps:
@@ -40,17 +45,24 @@ class MetaTable:
     def ensure(self, conn: psycopg.Connection) -> bool:
         """Create schema and table if missing; return whether the table has timestamps."""
         if self.schema:
-            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.schema)}")
+            # Only when missing: CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even
+            # when the schema exists, which an app's role often lacks.
+            found = conn.execute(
+                "SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s", (self.schema,)
+            ).fetchone()
+            if not found:
+                conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.schema)}")
         conn.execute(self.create_sql())
         row = conn.execute(
-            "SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+            "SELECT count(*) FROM pg_catalog.pg_attribute "
+            "WHERE attrelid = pg_catalog.to_regclass(%s) "
             "AND attname IN ('createdAt', 'updatedAt') AND NOT attisdropped",
             (self.ref,),
         ).fetchone()
         return bool(row and row[0] == 2)
 
     def exists(self, conn: psycopg.Connection) -> bool:
-        row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (self.ref,)).fetchone()
+        row = conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (self.ref,)).fetchone()
         return bool(row and row[0])
 
     def applied_sql(self) -> str:
@@ -63,7 +75,7 @@ class MetaTable:
         if with_timestamps:
             conn.execute(
                 f'INSERT INTO {self.ref} ("name", "createdAt", "updatedAt") '
-                "VALUES (%s, now(), now())",
+                "VALUES (%s, pg_catalog.now(), pg_catalog.now())",
                 (name,),
             )
         else:

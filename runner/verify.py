@@ -98,10 +98,11 @@ def declared_irreversible(mig: Migration, err: MigrationFailed) -> str | None:
     if "has no '-- migrate:down' section" in text:
         return "no '-- migrate:down' section"
     # The bridge reports a plain Error thrown by the migration's own code as
-    # "NAME (down): MESSAGE at NAME:LINE"; other classes keep their name ("TypeError: ..."),
-    # SQL errors carry a SQLSTATE, and bridge/node failures name no line of the file.
+    # "migration NAME failed (down) at PATH:LINE: MESSAGE"; other classes keep their name
+    # ("TypeError: ..."), SQL errors carry a SQLSTATE, and bridge/node failures name no line.
     thrown = re.fullmatch(
-        rf"{re.escape(mig.name)} \(down\): (?!\w*Error: )(.*) at {re.escape(mig.name)}:\d+",
+        rf"migration {re.escape(mig.name)} failed \(down\) at \S*{re.escape(mig.name)}:\d+: "
+        r"(?!\w*Error: )(.*)",
         text,
         re.DOTALL,
     )
@@ -149,7 +150,7 @@ def _session(settings: Settings, log: Log) -> Iterator[tuple[Any, ...]]:
         Executors(settings, replace(log, quiet=True)) as executors,
         MigrationLock(settings, replace(log, quiet=True)) as lock,
     ):
-        lock.acquire()
+        lock.acquire(conn)  # held by the session that runs the migrations
         yield migrator, conn, fp_conn, executors, lock
 
 

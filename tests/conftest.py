@@ -11,7 +11,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.support.pg import create_database, drop_database, server_url
+from tests.support.ci import under_ci
+from tests.support.pg import create_database, drop_database_soon, finish_drops, server_url
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -44,7 +45,7 @@ def db_url(pg_server: str) -> Iterator[str]:
     try:
         yield url
     finally:
-        drop_database(pg_server, url)
+        drop_database_soon(pg_server, url)
 
 
 @pytest.fixture
@@ -96,11 +97,16 @@ def popen_cli(
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
-    """Under CI (``CI=true``) a skipped test is a failure: every skip in this suite names a
+    """Under CI (``CI=true`` or ``1``) a skipped test is a failure: every skip in this suite names a
     missing prerequisite, and .ci/run installs them all, so a skip there means a broken setup."""
     outcome = yield
     report = outcome.get_result()
-    if os.environ.get("CI") and report.skipped and not hasattr(report, "wasxfail"):
+    if under_ci() and report.skipped and not hasattr(report, "wasxfail"):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"skipped under CI, where every prerequisite is installed: {reason}"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Every scratch database is gone before the session ends."""
+    finish_drops()

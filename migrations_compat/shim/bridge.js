@@ -11,6 +11,7 @@
  * Python -> node: {t:'init', sequelizeOptions, floating} first message (kept out of argv / ps)
  *                 {t:'run', id, path, dir, sv, dbv, dry} run up()/down() of one migration file
  *                 {t:'meta', id, path}                  read a file's `useTransaction` flag
+ *                 {t:'pool', id, path, dir, dbv, conn}  run it in pool mode (./pool.js)
  *                 {t:'rows', id, i, f, rows}            a chunk of rows of result i of query `id`
  *                 {t:'r', id, r|e}                      result (or error) of query `id`; a result
  *                                                       {s: true} has its rows in the chunks
@@ -26,6 +27,7 @@ const net = require('net');
 const path = require('path');
 const { pathToFileURL } = require('url');
 const { createPgShim } = require('./pg-shim');
+const { runInPool } = require('./pool');
 
 const [PROTOCOL_FD, SEQUELIZE_DIR, PG_DIR] = [Number(process.argv[2]), process.argv[3], process.argv[4]];
 
@@ -155,19 +157,17 @@ class Run {
       return promise;
     }
     // A promise of our own, so a rejection nobody handles stays unhandled (and fails the
-    // migration) exactly as it would on the original one.
-    return new Promise((resolve, reject) => {
-      promise.then(
-        (value) => {
-          this.completed();
-          resolve(value);
-        },
-        (err) => {
-          this.completed();
-          reject(err);
-        },
-      );
-    });
+    // migration) exactly as it would on the original one. An async function, not a
+    // `new Promise`, so V8's async stack trace still reaches the migration's own line.
+    return this.settled(promise);
+  }
+
+  async settled(promise) {
+    try {
+      return await promise;
+    } finally {
+      this.completed();
+    }
   }
 
   completed() {
@@ -430,8 +430,30 @@ class Bridge {
       }
       return;
     }
+    if (msg.t === 'pool') {
+      this.queue = this.queue.then(() => runInPool(msg, this.poolDeps()));
+      return;
+    }
     // Runs and metadata reads are strictly sequential.
     this.queue = this.queue.then(() => (msg.t === 'run' ? this.run(msg) : this.meta(msg)));
+  }
+
+  poolDeps() {
+    return {
+      Sequelize,
+      pgMainPath,
+      sequelizeOptions: this.sequelizeOptions,
+      loadMigration,
+      describeError,
+      forget: (file) => {
+        if (this.ranFiles.has(file)) delete require.cache[file];
+        this.ranFiles.add(file);
+      },
+      send: (m) => this.channel.send(m),
+      pooling: (on) => {
+        this.pooling = on;
+      },
+    };
   }
 
   adoptTypeOids(sequelize) {
@@ -566,6 +588,8 @@ function watchOwnConnections(bridge) {
     patched.add(Client.prototype);
     const connect = Client.prototype.connect;
     Client.prototype.connect = function migrunnerConnect(callback) {
+      // pool mode (./pool.js): the migration's own real connections, as sequelize-cli's
+      if (bridge.pooling) return connect.call(this, callback);
       const run = bridge.current;
       if (run) run.ownConnections++;
       else bridge.ownOutsideRuns++;

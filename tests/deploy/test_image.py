@@ -26,6 +26,7 @@ import pytest
 
 from tests.conftest import FIXTURES
 from tests.deploy.manifests import K8S, ROOT, argv, containers, load, pod_spec
+from tests.support.ci import under_ci
 from tests.support.pg import url_parts
 
 pytestmark = pytest.mark.slow
@@ -43,7 +44,7 @@ def _tooling_or_skip() -> None:
     elif os.geteuid() != 0:
         reason = "image builds with vfs storage and chroot isolation need root"
     if reason:
-        if os.environ.get("CI"):
+        if under_ci():
             pytest.fail(reason)
         pytest.skip(reason)
 

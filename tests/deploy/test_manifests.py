@@ -382,3 +382,55 @@ def test_ten_replicas_starting_at_once_migrate_once(
     ).fetchone() or (0,)
     assert pods == 1
     assert db.execute('SELECT count(*) FROM "SequelizeMeta"').fetchone() == (len(names),)
+
+
+# -- retries: which exit codes a retry can fix -----------------------------------------------
+
+#: migrunner's exit codes a retry cannot fix (the same input fails the same way): fail at once.
+NOT_RETRIED = {1, 2, 6}
+#: ...and the ones a retry can fix: lock timeout (another runner finished), unreachable database.
+RETRIED = {4, 5}
+
+
+@pytest.mark.parametrize("path", JOB_FILES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_job_fails_at_once_on_what_a_retry_cannot_fix(path: Path) -> None:
+    spec = the_job(path).body["spec"]
+    rules = spec["podFailurePolicy"]["rules"]
+    fail_job = [r for r in rules if r["action"] == "FailJob"]
+    codes = {c for r in fail_job for c in r["onExitCodes"]["values"]}
+    assert codes == NOT_RETRIED and not codes & RETRIED
+    assert all(r["onExitCodes"] == {**r["onExitCodes"], "operator": "In"} for r in fail_job)
+    # Only the migrunner container's codes: the app-files copy failing is a different story.
+    (main,) = spec["template"]["spec"]["containers"]
+    assert {r["onExitCodes"]["containerName"] for r in fail_job} == {main["name"]}
+    # No rule swallows the retryable codes (they count against backoffLimit).
+    for r in rules:
+        if "onExitCodes" in r:
+            assert not set(r["onExitCodes"]["values"]) & RETRIED, r
+    # Evictions and drains are not failures of the migration.
+    assert {
+        "action": "Ignore",
+        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+    } in rules
+    # backoffLimit and the deadline together: every retry of an unreachable database (each
+    # attempt waits --wait-timeout, then exits 5) fits in activeDeadlineSeconds, with the
+    # Job controller's pod backoff (10 s, doubling) between attempts.
+    args = argv(main)
+    wait_timeout = float(option(args, "--wait-timeout") or 60)
+    attempts = spec["backoffLimit"] + 1
+    backoff = sum(10 * 2**i for i in range(spec["backoffLimit"]))
+    assert attempts * wait_timeout + backoff < spec["activeDeadlineSeconds"]
+
+
+def test_readiness_gate_does_not_copy_node_modules() -> None:
+    """`status` reads file names and SequelizeMeta; its config is evaluated by a bare node."""
+    spec = pod_spec(_deployment("deployment-wait.yaml"))
+    assert spec is not None
+    (copy_step,) = [c for c in spec["initContainers"] if c["name"] == "app-files"]
+    script = " ".join(copy_step["args"])
+    assert "node_modules" not in script and "/app/src/migrations" in script
+    # The Job that runs JS migrations still brings the app's sequelize.
+    job = pod_spec(the_job(K8S / "migration-job.yaml"))
+    assert job is not None
+    (job_copy,) = [c for c in job["initContainers"] if c["name"] == "app-files"]
+    assert "node_modules" in " ".join(job_copy["args"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -28,9 +29,15 @@ from migrations_compat.bridge_sql import (
     LABEL_STATEMENT,
     LABEL_TRANSACTION_CONTROL,
 )
-from runner.errors import ConfigError, DatabaseUnavailable, MigrationFailed
+from runner.errors import (
+    AtomicModeUnavailable,
+    ConfigError,
+    DatabaseUnavailable,
+    MigrationFailed,
+)
 from runner.log import Log
 from tests.conftest import FIXTURES, ROOT, popen_cli
+from tests.support.state import exists
 
 BRIDGE = FIXTURES / "bridge"
 SHIM_MODULES = ROOT / "migrations_compat" / "shim" / "node_modules"
@@ -84,10 +91,6 @@ def run_in_transaction(
         raise
     conn.execute("COMMIT" if commit else "ROLLBACK")
     return out
-
-
-def exists(db: psycopg.Connection, relation: str) -> bool:
-    return db.execute("SELECT to_regclass(%s) IS NOT NULL", [relation]).fetchone()[0]
 
 
 def setting(conn: psycopg.Connection, name: str) -> str:
@@ -215,8 +218,14 @@ def test_failing_statement_names_file_direction_sqlstate_and_statement(
         run_in_transaction(bridge, runner_conn, "sql-error.js")
     err = info.value
     assert err.sqlstate == "42P01"
-    assert err.message.startswith('sql-error.js (up): relation "public.no_such_table" does not')
-    assert "[SQLSTATE 42P01] in: ALTER TABLE" in err.message
+    # Worded like a SQL migration's failure: file (and line when node's stack has it),
+    # message, SQLSTATE, statement.
+    assert re.match(
+        rf"migration sql-error\.js failed \(up\) at {re.escape(str(BRIDGE / 'sql-error.js'))}"
+        r':6: relation "public\.no_such_table" does not',
+        err.message,
+    ), err.message
+    assert "[SQLSTATE 42P01] in statement: ALTER TABLE" in err.message
     assert "\n" not in err.message
     assert not exists(db, "before_error")
     # node survived and serves the next migration
@@ -233,7 +242,8 @@ def test_syntax_error_names_file_and_line(
         run_in_transaction(bridge, runner_conn, "syntax-error.js")
     assert info.value.sqlstate is None
     assert info.value.message == (
-        "syntax-error.js (up): SyntaxError: Unexpected token ';' at syntax-error.js:6"
+        f"migration syntax-error.js failed (up) at {BRIDGE / 'syntax-error.js'}:6: "
+        "SyntaxError: Unexpected token ';'"
     )
 
 
@@ -243,8 +253,8 @@ def test_javascript_error_names_error_and_line(
     with pytest.raises(MigrationFailed) as info:
         run_in_transaction(bridge, runner_conn, "js-error.js")
     assert info.value.message == (
-        "js-error.js (up): TypeError: Cannot read properties of undefined (reading 'one') "
-        "at js-error.js:6"
+        f"migration js-error.js failed (up) at {BRIDGE / 'js-error.js'}:6: "
+        "TypeError: Cannot read properties of undefined (reading 'one')"
     )
 
 
@@ -253,7 +263,10 @@ def test_missing_down_uses_sequelize_cli_wording(
 ) -> None:
     with pytest.raises(MigrationFailed) as info:
         run_in_transaction(bridge, runner_conn, "console.js", direction="down")
-    assert info.value.message == "console.js (down): Could not find migration method: down"
+    assert info.value.message == (
+        f"migration console.js failed (down) at {BRIDGE / 'console.js'}: "
+        "Could not find migration method: down"
+    )
 
 
 def test_caught_error_leaves_the_runner_transaction_usable(
@@ -302,16 +315,17 @@ def test_session_settings_stay_inside_the_migration(
     before = {n: setting(runner_conn, n) for n in [*names, "lock_timeout"]}
     runner_conn.execute("BEGIN")
     runner_conn.execute("SET LOCAL lock_timeout = '4s'")
-    bridge.run(BRIDGE / "settings.js", "up", runner_conn)
+    # its last transaction asks for SERIALIZABLE, which the runner's READ COMMITTED transaction
+    # cannot honour after the migration's earlier statements: the attempt is abandoned (the
+    # migrator re-runs it in pool mode), never silently downgraded
+    with pytest.raises(AtomicModeUnavailable, match="isolation level serializable"):
+        bridge.run(BRIDGE / "settings.js", "up", runner_conn)
     # restored for the migrator's own statements that follow in the same transaction
     assert {n: setting(runner_conn, n) for n in names} == {n: before[n] for n in names}
     assert setting(runner_conn, "lock_timeout") == "4s"
     runner_conn.execute("COMMIT")
     assert {n: setting(runner_conn, n) for n in [*names, "lock_timeout"]} == before
     assert "transaction options ignored" not in captured.text
-    assert "skipped inside the runner's transaction: SET TRANSACTION ISOLATION LEVEL" in (
-        captured.text
-    )
 
 
 def test_unfinished_transaction_of_the_migration_fails_it(
@@ -361,7 +375,10 @@ def test_use_transaction_flag(bridge: NodeBridge) -> None:
     assert bridge.wants_transaction(BRIDGE / "no-transaction.js") is False
     assert bridge.wants_transaction(BRIDGE / "default-export-no-transaction.js") is False
     assert bridge.wants_transaction(BRIDGE / "console.js") is None
-    with pytest.raises(MigrationFailed, match=r"^syntax-error.js: SyntaxError"):
+    with pytest.raises(
+        MigrationFailed,
+        match=r"^migration syntax-error.js failed to load at .*syntax-error.js:6: SyntaxError",
+    ):
         bridge.wants_transaction(BRIDGE / "syntax-error.js")
 
 
@@ -410,7 +427,8 @@ def test_strict_await_refuses_the_missing_await(
         with pytest.raises(MigrationFailed) as info:
             run_in_transaction(strict, runner_conn, "missing-await.js")
         assert info.value.message.startswith(
-            'missing-await.js (up): query issued after up() resolved: CREATE TABLE IF NOT EXISTS "never_awaited"'
+            f"migration missing-await.js failed (up) at {BRIDGE / 'missing-await.js'}: "
+            'query issued after up() resolved: CREATE TABLE IF NOT EXISTS "never_awaited"'
         )
         assert info.value.message.endswith("— missing await? (--strict-await)")
         # the bridge stays usable for the next migration
@@ -460,7 +478,8 @@ def test_query_still_running_when_up_resolves_is_waited_for(
                 releaser.join()
         if strict:
             assert info.value.message == (
-                "still-running.js (up): query still running when up() resolved: "
+                f"migration still-running.js failed (up) at {BRIDGE / 'still-running.js'}: "
+                "query still running when up() resolved: "
                 "INSERT INTO gate VALUES (1) — missing await? (--strict-await)"
             )
         else:
@@ -479,7 +498,8 @@ def test_query_through_a_finished_migration_is_refused_and_stops_the_run(
     with pytest.raises(MigrationFailed) as info:
         run_in_transaction(bridge, runner_conn, "late-fire.js")
     assert info.value.message == (
-        "late-arm.js (up): query issued after up() had finished and its transaction had ended; "
+        f"migration late-arm.js failed (up) at {BRIDGE / 'late-arm.js'}: "
+        "query issued after up() had finished and its transaction had ended; "
         "it was not executed: DELETE FROM late_target — await it (or return its promise)"
     )
     assert (
@@ -512,8 +532,9 @@ def test_own_connection_waiting_for_the_runner_transaction_fails_instead_of_hang
         run_in_transaction(bridge, runner_conn, "own-connection-waits.js")
     assert info.value.sqlstate is None
     assert info.value.message.startswith(
-        "own-connection-waits.js (up): canceling statement due to lock timeout [SQLSTATE 55P03] "
-        "in: UPDATE waits_target SET id = id + 1 — on a connection the migration opened itself"
+        f"migration own-connection-waits.js failed (up) at {BRIDGE / 'own-connection-waits.js'}"
+        ":13: canceling statement due to lock timeout [SQLSTATE 55P03] "
+        "in statement: UPDATE waits_target SET id = id + 1 — on a connection the migration opened itself"
     )
     assert db.execute("SELECT id FROM waits_target").fetchall() == [(1,)]
 
@@ -542,11 +563,12 @@ def test_cli_retries_a_js_migration_after_a_lock_timeout(
             if "retry 1/" in line:
                 holder.execute("ROLLBACK")
                 break
-        _, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=60)
     log = "".join(seen) + err
-    assert proc.returncode == 0, log
+    assert proc.returncode == 0, log + out
     assert "SQLSTATE 55P03" in log
-    assert log.count("[20240101000000-alter-contended.js] altering contended") == 2
+    # The migration's console.log is run output: stdout, as under sequelize-cli.
+    assert out.count("[20240101000000-alter-contended.js] altering contended") == 2
     assert "added" in {
         r[0]
         for r in db.execute(
@@ -577,7 +599,8 @@ def test_node_exiting_fails_the_migration_with_its_stderr(
     with pytest.raises(MigrationFailed) as info:
         run_in_transaction(bridge, runner_conn, "exits.js")
     assert info.value.message == (
-        "exits.js (up): node exited: exit code 3: about to call process.exit(3)"
+        f"migration exits.js failed (up) at {BRIDGE / 'exits.js'}: "
+        "node exited: exit code 3: about to call process.exit(3)"
     )
     run_in_transaction(bridge, runner_conn, "caught-error.js")
     assert exists(db, "after_catch")
@@ -592,7 +615,9 @@ def test_passwords_never_reach_the_log_or_errors(
         pytest.raises(MigrationFailed) as info,
     ):
         run_in_transaction(bridge, runner_conn, "secret.js")
-    assert info.value.message == "secret.js (up): cannot log in with *** at secret.js:6"
+    assert info.value.message == (
+        f"migration secret.js failed (up) at {BRIDGE / 'secret.js'}:6: cannot log in with ***"
+    )
     assert "[secret.js] the password is ***" in captured.text
     assert "s3cr3t" not in captured.text
 
@@ -641,18 +666,12 @@ def test_large_statements_and_results(
     assert db.execute("SELECT length(v) FROM big").fetchone() == (3 * 1024 * 1024,)
 
 
-def test_round_trip_and_memory(
+def test_many_queries_in_one_migration(
     bridge: NodeBridge, runner_conn: psycopg.Connection, db: psycopg.Connection
 ) -> None:
+    """500 awaited queries in one migration all go through (their cost is measured by
+    ``bench/bridge_cost.py``, never asserted here)."""
     out = run_in_transaction(bridge, runner_conn, "many-queries.js")
-    assert len(out.statements) >= 500
+    assert sum(1 for st in out.statements if st.sql == "SELECT 1") == 500
     (per_query_ms,) = db.execute("SELECT ms FROM round_trip").fetchone()
-    # ~0.1-0.3 ms here; a generous bound that still catches a per-message stall (Nagle, polling)
-    assert per_query_ms < 5.0
-    pid = bridge.node_pid
-    assert pid is not None
-    status = Path(f"/proc/{pid}/status").read_text()
-    peak_kib = int(
-        next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]
-    )
-    assert peak_kib < 110 * 1024
+    assert per_query_ms > 0

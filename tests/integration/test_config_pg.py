@@ -22,6 +22,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from migrations_compat.config import AppConfig, ConfigRequest, load_app_config
+from tests.support.node_apps import ensure_npm_ci
 from tests.support.pg import url_parts
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -290,9 +291,19 @@ PARITY_CASES: dict[str, tuple[dict[str, str], list[str], dict[str, str]]] = {
 }
 
 
-@pytest.mark.skipif(sequelize_cli_dir() is None, reason="sequelize-cli is not installed")
+@pytest.fixture(scope="module")
+def sequelize_cli_installed() -> Path:
+    """The forum fixture's real sequelize-cli (``npm ci`` here when .ci/run has not)."""
+    ensure_npm_ci(ROOT / "tests" / "fixtures" / "forum")
+    cli = sequelize_cli_dir()
+    assert cli is not None, "npm ci of the forum fixture installed no sequelize-cli"
+    return cli
+
+
 @pytest.mark.parametrize("case", sorted(PARITY_CASES))
-def test_same_answer_as_sequelize_cli(tmp_path: Path, case: str) -> None:
+def test_same_answer_as_sequelize_cli(
+    tmp_path: Path, case: str, sequelize_cli_installed: Path
+) -> None:
     files, argv, extra = PARITY_CASES[case]
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)

@@ -299,7 +299,7 @@ def test_js_fleet_boots_one_node_per_worker_not_per_tenant(
         timeout=180,
     )
     assert proc.returncode == 0, proc.stderr
-    boots = [ln for ln in proc.stderr.splitlines() if "using sequelize" in ln]
+    boots = [ln for ln in proc.stdout.splitlines() if "using sequelize" in ln]  # run log: stdout
     assert 1 <= len(boots) <= 2, boots
     names = sorted(p.name for p in (app / "src" / "migrations").iterdir())
     for url in tenants[:6]:

@@ -9,7 +9,6 @@ migrunner must say once, per migration, what it ran un-awaited.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,21 +16,16 @@ import psycopg
 import pytest
 
 from tests.conftest import run_cli
-from tests.integration.test_pitfalls import APP, meta_names, sequelize_cli, snapshot
+from tests.integration.test_pitfalls import APP, sequelize_cli, snapshot
+from tests.support.node_apps import ensure_npm_ci
 from tests.support.pg import create_database, drop_database
+from tests.support.state import meta_rows
 
 
 @pytest.fixture(scope="session")
 def app_modules() -> Path:
-    """The pitfalls app's sequelize-cli (installed by .ci/run; installed here if missing)."""
-    cli = APP / "node_modules" / ".bin" / "sequelize-cli"
-    if not cli.exists():
-        subprocess.run(
-            ["npm", "ci", "--prefix", str(APP), "--no-fund", "--no-audit", "--loglevel=error"],
-            check=True,
-            timeout=600,
-        )
-    return cli
+    """The pitfalls app with its pinned sequelize-cli installed."""
+    return ensure_npm_ci(APP)
 
 
 @pytest.fixture
@@ -71,8 +65,8 @@ def test_floating_calls_end_as_under_sequelize_cli(
     assert 'ADD COLUMN "discontinued"' in warnings[3] and 'ADD COLUMN "released"' in warnings[3]
     with psycopg.connect(other_db, autocommit=True) as reference:
         expected = snapshot(reference)
-        assert meta_names(reference) == sorted(p.name for p in PARITY.glob("*.js"))
-        assert meta_names(db) == meta_names(reference)
+        assert list(meta_rows(reference)) == sorted(p.name for p in PARITY.glob("*.js"))
+        assert list(meta_rows(db)) == list(meta_rows(reference))
     actual = snapshot(db)
     for key in expected:
         assert actual[key] == expected[key], key
@@ -98,15 +92,17 @@ def test_floating_call_that_fails_rolls_the_migration_back_entirely(
     assert (ours.returncode, theirs.returncode) == (1, 1)
     errors = [line for line in ours.stderr.splitlines() if line.startswith("error:")]
     assert errors[0] == (
-        'error: 20240301000100-floating-fails.js (up): column "cost" of relation "gadgets" does '
-        "not exist [SQLSTATE 42703] in: UPDATE gadgets SET cost = price * 2 (not awaited)"
+        "error: migration 20240301000100-floating-fails.js failed (up) at "
+        f"{folder / '20240301000100-floating-fails.js'}: "
+        'column "cost" of relation "gadgets" does not exist [SQLSTATE 42703] in statement: '
+        "UPDATE gadgets SET cost = price * 2 (not awaited)"
     )
     with psycopg.connect(other_db, autocommit=True) as debris:
         # sequelize-cli: same exit code and SequelizeMeta, but the awaited statements stayed
-        assert meta_names(debris) == ["20240301000000-gadgets.js"]
+        assert list(meta_rows(debris)) == ["20240301000000-gadgets.js"]
         assert debris.execute("SELECT to_regclass('price_history')").fetchone() != (None,)
     # migrunner: no trace of the failed migration's earlier, awaited statements
-    assert meta_names(db) == ["20240301000000-gadgets.js"]
+    assert list(meta_rows(db)) == ["20240301000000-gadgets.js"]
     assert db.execute("SELECT to_regclass('price_history')").fetchone() == (None,)
     assert [
         r[0]
@@ -126,11 +122,12 @@ def test_strict_await_refuses_floating_calls(
     ours = migrunner(db_url, PARITY, "--strict-await")
     assert ours.returncode == 1
     assert (
-        "error: 20240301000000-only-call.js (up): query issued after up() resolved: "
+        "error: migration 20240301000000-only-call.js failed (up) at "
+        f"{PARITY / '20240301000000-only-call.js'}: query issued after up() resolved: "
         'CREATE TABLE IF NOT EXISTS "gadget_notes"' in ours.stderr
     )
     assert "— missing await? (--strict-await)" in ours.stderr
-    assert meta_names(db) == []
+    assert list(meta_rows(db)) == []
     assert db.execute("SELECT to_regclass('gadget_notes')").fetchone() == (None,)
 
 
@@ -152,7 +149,8 @@ def test_settle_timeout_bounds_the_wait(
     ours = migrunner(db_url, folder, "--settle-timeout", "1")
     assert ours.returncode == 1
     assert (
-        "error: 20240301000000-forever.js (up): not finished 1 s after up() resolved: queries "
+        "error: migration 20240301000000-forever.js failed (up) at "
+        f"{folder / '20240301000000-forever.js'}: not finished 1 s after up() resolved: queries "
         "nobody awaited are still running (SELECT pg_sleep(0.05)); raise --settle-timeout, or "
         "await them" in ours.stderr
     )

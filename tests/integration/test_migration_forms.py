@@ -74,7 +74,10 @@ def test_typescript_syntax_error_names_file_and_line(tmp_path: Path, db_url: str
     )
     r = run_cli("up", "--url", db_url, "--migrations-path", str(folder))
     assert r.returncode != 0
-    assert "SyntaxError: Unexpected token (TypeScript) at 20240102000000-broken.ts:4" in r.stderr
+    assert (
+        f"migration 20240102000000-broken.ts failed to load at {folder}/20240102000000-broken.ts:4:"
+        " SyntaxError: Unexpected token (TypeScript)"
+    ) in r.stderr
     assert meta_rows(db_url) == ("20240101000000-plain.js",)
 
 

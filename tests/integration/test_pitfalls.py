@@ -10,12 +10,10 @@ whose resulting database must be the same.
 from __future__ import annotations
 
 import io
-import json
 import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -25,7 +23,10 @@ from migrations_compat.bridge_exec import NON_TRANSACTIONAL_SQLSTATES
 from runner.errors import MigrationFailed
 from runner.log import Log
 from tests.conftest import FIXTURES, run_cli
+from tests.support.catalog import Fingerprint, app_schemas, fingerprint
+from tests.support.node_apps import ensure_npm_ci, run_sequelize_cli
 from tests.support.pg import create_database, drop_database
+from tests.support.state import exists, meta_rows
 
 APP = FIXTURES / "pitfalls"
 MIGRATIONS = APP / "migrations"
@@ -38,15 +39,8 @@ VOLATILE_COLUMNS = {"createdAt", "updatedAt"}
 
 @pytest.fixture(scope="session")
 def app_modules() -> Path:
-    """The fixture app's node_modules (installed by .ci/run; installed here if missing)."""
-    cli = APP / "node_modules" / ".bin" / "sequelize-cli"
-    if not cli.exists():
-        subprocess.run(
-            ["npm", "ci", "--prefix", str(APP), "--no-fund", "--no-audit", "--loglevel=error"],
-            check=True,
-            timeout=600,
-        )
-    return cli
+    """The fixture app, its node_modules installed (by .ci/run, or here when missing)."""
+    return ensure_npm_ci(APP)
 
 
 @pytest.fixture
@@ -59,15 +53,10 @@ def other_db(pg_server: str) -> Iterator[str]:
 
 
 def sequelize_cli(
-    cli: Path, url: str, folder: Path, *args: str
+    app: Path, url: str, folder: Path, *args: str
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(cli), *args, "--url", url, "--migrations-path", str(folder)],
-        cwd=APP,
-        env={**os.environ, "DATABASE_URL": url},
-        capture_output=True,
-        text=True,
-        timeout=120,
+    return run_sequelize_cli(
+        app, *args, "--url", url, "--migrations-path", str(folder), env={"DATABASE_URL": url}
     )
 
 
@@ -98,71 +87,9 @@ def apply_with_bridge(bridge: NodeBridge, conn: psycopg.Connection, folder: Path
     return autocommit
 
 
-def snapshot(conn: psycopg.Connection) -> dict[str, Any]:
-    """Schema and data of the app's objects, independent of column order and run time."""
-    app_schemas = (
-        "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' "
-        "AND nspname <> 'information_schema'"
-    )
-
-    def rows(sql: str) -> list[tuple[Any, ...]]:
-        return sorted(conn.execute(sql).fetchall(), key=repr)
-
-    tables = [
-        (s, t)
-        for s, t in rows(
-            "SELECT table_schema, table_name FROM information_schema.tables "
-            f"WHERE table_schema IN ({app_schemas}) AND table_type = 'BASE TABLE' "
-            "AND table_name NOT LIKE 'migrunner%'"
-        )
-    ]
-    data = {}
-    for schema, table in tables:
-        fetched = conn.execute(f'SELECT to_jsonb(t) FROM "{schema}"."{table}" t').fetchall()
-        data[f"{schema}.{table}"] = sorted(
-            json.dumps({k: v for k, v in r[0].items() if k not in VOLATILE_COLUMNS}, sort_keys=True)
-            for r in fetched
-        )
-    return {
-        "columns": rows(
-            "SELECT table_schema, table_name, column_name, data_type, udt_name, is_nullable, "
-            "column_default, character_maximum_length FROM information_schema.columns "
-            f"WHERE table_schema IN ({app_schemas}) AND table_name NOT LIKE 'migrunner%'"
-        ),
-        "indexes": rows(
-            f"SELECT schemaname, indexname, indexdef FROM pg_indexes WHERE schemaname IN ({app_schemas}) "
-            "AND tablename NOT LIKE 'migrunner%'"
-        ),
-        "constraints": rows(
-            "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint "
-            f"WHERE connamespace IN (SELECT oid FROM pg_namespace WHERE nspname IN ({app_schemas})) "
-            "AND conrelid::regclass::text NOT LIKE 'migrunner%'"
-        ),
-        "enums": rows(
-            "SELECT t.typname, array_agg(e.enumlabel ORDER BY e.enumsortorder) FROM pg_type t "
-            "JOIN pg_enum e ON e.enumtypid = t.oid GROUP BY t.typname"
-        ),
-        "views": rows(
-            "SELECT schemaname, viewname, definition FROM pg_views "
-            f"WHERE schemaname IN ({app_schemas})"
-        ),
-        "functions": rows(
-            "SELECT n.nspname, p.proname, p.prosrc FROM pg_proc p JOIN pg_namespace n "
-            f"ON n.oid = p.pronamespace WHERE n.nspname IN ({app_schemas}) AND n.nspname <> 'public'"
-        ),
-        "triggers": rows(
-            "SELECT tgname, pg_get_triggerdef(oid) FROM pg_trigger WHERE NOT tgisinternal"
-        ),
-        "rules": rows(
-            f"SELECT schemaname, tablename, rulename, definition FROM pg_rules WHERE schemaname IN ({app_schemas})"
-        ),
-        "extensions": rows("SELECT extname FROM pg_extension"),
-        "comments": rows(
-            "SELECT c.relname, obj_description(c.oid, 'pg_class') FROM pg_class c "
-            "WHERE obj_description(c.oid, 'pg_class') IS NOT NULL"
-        ),
-        "data": data,
-    }
+def snapshot(conn: psycopg.Connection) -> Fingerprint:
+    """Schema and data of the app's objects in every schema, independent of run time."""
+    return fingerprint(conn, schemas=app_schemas(conn), data=True, ignore_columns=VOLATILE_COLUMNS)
 
 
 def column_names(db: psycopg.Connection, table: str, schema: str = "public") -> set[str]:
@@ -174,14 +101,6 @@ def column_names(db: psycopg.Connection, table: str, schema: str = "public") -> 
             [schema, table],
         )
     }
-
-
-def meta_names(db: psycopg.Connection) -> list[str]:
-    return [r[0] for r in db.execute('SELECT name FROM "SequelizeMeta" ORDER BY name')]
-
-
-def exists(db: psycopg.Connection, relation: str) -> bool:
-    return db.execute("SELECT to_regclass(%s) IS NOT NULL", [relation]).fetchone()[0]
 
 
 # -- through the bridge directly ------------------------------------------------------------------
@@ -205,7 +124,7 @@ def test_every_pattern_through_the_bridge(
     assert f"using sequelize 6.37.8 from {(APP / 'node_modules' / 'sequelize').resolve()}" in (
         log.stream.getvalue()  # type: ignore[attr-defined]
     )
-    assert meta_names(db) == ALL
+    assert meta_rows(db) == tuple(ALL)
 
     # add / change / rename / removeColumn
     assert {"bio", "displayName"} <= column_names(db, "users")
@@ -290,12 +209,14 @@ def test_down_that_throws_and_missing_down_through_the_bridge(
         for name, message in [
             (
                 "20240101001200-down-throws.js",
-                "20240101001200-down-throws.js (down): irreversible migration: legacy ids cannot "
-                "be restored at 20240101001200-down-throws.js:10",
+                "migration 20240101001200-down-throws.js failed (down) at "
+                f"{MIGRATIONS / '20240101001200-down-throws.js'}:10: irreversible migration: "
+                "legacy ids cannot be restored",
             ),
             (
                 "20240101001300-no-down.js",
-                "20240101001300-no-down.js (down): Could not find migration method: down",
+                "migration 20240101001300-no-down.js failed (down) at "
+                f"{MIGRATIONS / '20240101001300-no-down.js'}: Could not find migration method: down",
             ),
         ]:
             conn.execute("BEGIN")
@@ -323,7 +244,7 @@ def assert_nothing_of_the_failed_migration(db: psycopg.Connection) -> None:
     assert db.execute("SELECT count(*) FROM ledger").fetchone() == (0,)
     assert not exists(db, "ledger_archive")
     assert db.execute("SELECT to_regtype('ledger_kind')").fetchone() == (None,)
-    assert meta_names(db) == ["20240201000000-create-ledger.js"]
+    assert meta_rows(db) == ("20240201000000-create-ledger.js",)
 
 
 # -- through the CLI --------------------------------------------------------------------------
@@ -336,17 +257,17 @@ def test_cli_runs_every_pattern_and_matches_sequelize_cli(
         "up", "--url", db_url, "--migrations-path", str(MIGRATIONS), env={"DATABASE_URL": db_url}
     )
     assert ours.returncode == 0, ours.stderr
-    assert ours.stderr.rstrip().endswith("Migrations completed successfully")
+    assert ours.stdout.rstrip().endswith("Migrations completed successfully")
     for name in NEEDS_AUTOCOMMIT:
         assert f"{name}: " in ours.stderr and "re-running it outside a transaction" in ours.stderr
     theirs = sequelize_cli(app_modules, other_db, MIGRATIONS, "db:migrate")
     assert theirs.returncode == 0, theirs.stdout + theirs.stderr
     with psycopg.connect(other_db, autocommit=True) as reference:
         expected = snapshot(reference)
-        assert meta_names(reference) == ALL
+        assert meta_rows(reference) == tuple(ALL)
     assert len(expected["indexes"]) >= 8 and len(expected["data"]["public.posts"]) == 2
     actual = snapshot(db)
-    assert meta_names(db) == ALL
+    assert meta_rows(db) == tuple(ALL)
     for key in expected:
         assert actual[key] == expected[key], key
 
@@ -368,8 +289,11 @@ def test_cli_down_stops_at_the_migration_without_down(
     assert db.execute("SELECT obj_description('posts'::regclass)").fetchone() == (None,)
     stuck = run_cli("down", "--url", db_url, "--migrations-path", str(MIGRATIONS), env=env)
     assert stuck.returncode == 1
-    assert "20240101001300-no-down.js (down): Could not find migration method: down" in stuck.stderr
-    assert meta_names(db) == ALL[:-3]
+    assert (
+        "migration 20240101001300-no-down.js failed (down) at "
+        f"{MIGRATIONS / '20240101001300-no-down.js'}: Could not find migration method: down"
+    ) in stuck.stderr
+    assert meta_rows(db) == tuple(ALL[:-3])
 
 
 def test_cli_up_then_down_all_is_reversible(
@@ -379,10 +303,10 @@ def test_cli_up_then_down_all_is_reversible(
     last = "20240101001100-raw-ddl.js"
     up = run_cli("up", "--to", last, "--url", db_url, "--migrations-path", str(MIGRATIONS), env=env)
     assert up.returncode == 0, up.stderr
-    assert meta_names(db) == ALL[: ALL.index(last) + 1]
+    assert meta_rows(db) == tuple(ALL[: ALL.index(last) + 1])
     down = run_cli("down", "--all", "--url", db_url, "--migrations-path", str(MIGRATIONS), env=env)
     assert down.returncode == 0, down.stderr
-    assert meta_names(db) == []
+    assert meta_rows(db) == ()
     tables = {
         r[0] for r in db.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
     }
@@ -396,7 +320,10 @@ def test_cli_failure_halfway_leaves_nothing_where_sequelize_cli_leaves_debris(
 ) -> None:
     ours = run_cli("up", "--url", db_url, "--migrations-path", str(ATOMICITY))
     assert ours.returncode == 1
-    assert "20240201000100-throws-halfway.js (up): boom: failed halfway through" in ours.stderr
+    assert (
+        "migration 20240201000100-throws-halfway.js failed (up) at "
+        f"{ATOMICITY / '20240201000100-throws-halfway.js'}:22: boom: failed halfway through"
+    ) in ours.stderr
     assert_nothing_of_the_failed_migration(db)
     # sequelize-cli, same folder: the statements before the throw stay, unrecorded
     theirs = sequelize_cli(app_modules, other_db, ATOMICITY, "db:migrate")
@@ -404,4 +331,4 @@ def test_cli_failure_halfway_leaves_nothing_where_sequelize_cli_leaves_debris(
     with psycopg.connect(other_db, autocommit=True) as debris:
         assert column_names(debris, "ledger") == {"id", "amount", "note"}
         assert exists(debris, "ledger_archive")
-        assert meta_names(debris) == ["20240201000000-create-ledger.js"]
+        assert meta_rows(debris) == ("20240201000000-create-ledger.js",)

@@ -11,7 +11,7 @@ import sys
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from runner.history import HistoryTable
+from runner.history import HISTORY_TABLE, HistoryTable
 from runner.quickread import parse_conninfo, read_state
 from runner.storage import MetaTable
 from tests.conftest import FIXTURES, cli_env, run_cli
@@ -26,7 +26,15 @@ def quick(url: str) -> tuple[tuple[str, ...], dict[str, str], bool] | None:
     params = parse_conninfo(url)
     assert params is not None
     got = read_state(
-        params, META.ref, HISTORY.ref, META.applied_sql(), HISTORY.checksums_sql("$1"), META.ref
+        params,
+        "SequelizeMeta",
+        HISTORY_TABLE,
+        None,
+        lambda schema: (
+            MetaTable(schema=schema).applied_sql(),
+            HistoryTable(META.ref, schema).checksums_sql("$1"),
+        ),
+        META.ref,
     )
     return None if got is None else (got.applied, got.checksums, got.meta_exists)
 
@@ -67,7 +75,7 @@ def test_a_noop_run_never_imports_psycopg(db_url: str) -> None:
         text=True,
         cwd=os.getcwd(),
     )
-    assert r.returncode == 0 and "already up to date" in r.stderr, r.stderr[-500:]
+    assert r.returncode == 0 and "already up to date" in r.stdout + r.stderr, r.stderr[-500:]
     imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if "|" in line}
     assert "runner.quickread" in imported
     assert not {m for m in imported if m.split(".")[0] == "psycopg"}

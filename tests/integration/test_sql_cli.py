@@ -46,7 +46,7 @@ def tables(db: psycopg.Connection) -> set[str]:
 def test_up_status_down_round_trip(db_url: str, db: psycopg.Connection, example: Path) -> None:
     r = run_cli("up", "--url", db_url, "--migrations-path", str(example))
     assert r.returncode == 0, r.stderr
-    assert r.stderr.strip().splitlines()[-1] == SUCCESS
+    assert r.stdout.strip().splitlines()[-1] == SUCCESS
     assert meta_rows(db_url) == tuple(NAMES)
     assert {"users", "posts", "post_counts"} <= tables(db)
     assert db.execute("SELECT count(*) FROM posts").fetchone() == (1,)
@@ -58,11 +58,13 @@ def test_up_status_down_round_trip(db_url: str, db: psycopg.Connection, example:
 
     st = run_cli("status", "--url", db_url, "--migrations-path", str(example))
     assert st.returncode == 0
-    assert st.stdout.splitlines() == [f"up {n}" for n in NAMES]
+    *rows, summary = st.stdout.splitlines()
+    assert [row.split() for row in rows] == [["up", n, "sql"] for n in NAMES]
+    assert summary == f"{len(NAMES)} applied, 0 pending"
 
     again = run_cli("up", "--url", db_url, "--migrations-path", str(example))
     assert again.returncode == 0
-    assert "No migrations were executed" in again.stderr and SUCCESS in again.stderr
+    assert "No migrations were executed" in again.stdout and SUCCESS in again.stdout
 
     d = run_cli("down", "--all", "--url", db_url, "--migrations-path", str(example))
     assert d.returncode == 0, d.stderr
@@ -98,7 +100,7 @@ def test_dry_run_changes_nothing(db_url: str, example: Path) -> None:
     assert "CREATE TYPE post_state AS ENUM" in r.stdout
     assert "-- [non-transactional (not executed in dry run)]" in r.stdout
     assert "CREATE VIEW post_counts" in r.stdout
-    assert SUCCESS not in r.stderr
+    assert SUCCESS not in r.stdout + r.stderr
     after = snapshot(db_url)
     assert (after.schema, after.meta, after.data) == (before.schema, before.meta, before.data)
     assert after.sequences != before.sequences  # the documented cost: the INSERT used an id
@@ -252,7 +254,7 @@ def test_db_env_parts_as_the_job_passes_them(db_url: str, example: Path) -> None
 def test_json_log_format(db_url: str, example: Path) -> None:
     r = run_cli("up", "--log-format", "json", "--url", db_url, "--migrations-path", str(example))
     assert r.returncode == 0
-    records = [json.loads(line) for line in r.stderr.splitlines()]
+    records = [json.loads(line) for line in r.stdout.splitlines()]
     assert records[-1]["msg"] == SUCCESS and records[-1]["applied"] == NAMES
     assert {"ts", "level", "msg"} <= set(records[0])
     bad = run_cli("up", "--log-format", "json", "--url", db_url, "--migrations-path", "/nope")
@@ -263,7 +265,9 @@ def test_json_log_format(db_url: str, example: Path) -> None:
 def test_status_exit_code_for_readiness_gates(db_url: str, example: Path) -> None:
     base = ("--url", db_url, "--migrations-path", str(example))
     r = run_cli("status", "--exit-code", *base)
-    assert r.returncode == 3 and f"{len(NAMES)} migration(s) pending" in r.stderr
+    # Pending is the expected state of a readiness gate: exit 3, a summary, no error line.
+    assert r.returncode == 3 and r.stdout.splitlines()[-1] == f"0 applied, {len(NAMES)} pending"
+    assert "error" not in r.stderr
     assert run_cli("up", *base).returncode == 0
     assert run_cli("status", "--exit-code", *base).returncode == 0
 
@@ -283,14 +287,14 @@ def test_noop_run_needs_no_lock_but_a_real_run_waits_for_it(
     assert run_cli("up", *base).returncode == 0
     db.execute("SELECT pg_advisory_lock(%s)", (lock_key(None, "SequelizeMeta"),))
     noop = run_cli("up", *base)
-    assert noop.returncode == 0 and "already up to date" in noop.stderr
+    assert noop.returncode == 0 and "already up to date" in noop.stdout
 
 
 def test_wait_and_unreachable_database(tmp_path: Path) -> None:
     r = run_cli("wait", "--url", "postgresql://postgres@127.0.0.1:1/x", "--wait-timeout", "1")
     assert r.returncode == 5 and "gave up after waiting 1s" in r.stderr
     r = run_cli("wait", "--url", "postgresql://postgres@127.0.0.1:5432/postgres")
-    assert r.returncode == 0 and "is ready" in r.stderr
+    assert r.returncode == 0 and "is ready" in r.stdout
 
 
 def test_noop_run_starts_no_node(db_url: str, tmp_path: Path) -> None:
@@ -308,7 +312,7 @@ def test_noop_run_starts_no_node(db_url: str, tmp_path: Path) -> None:
     assert run_cli("up", *base).returncode == 0
     noop = run_cli("up", *base, env=no_node)
     assert noop.returncode == 0, noop.stderr
-    assert "already up to date" in noop.stderr
+    assert "already up to date" in noop.stdout
     assert run_cli("status", "--exit-code", *base, env=no_node).returncode == 0
 
 

@@ -8,17 +8,16 @@ here once per session when missing or stale, so plain ``pytest`` works on a fres
 
 from __future__ import annotations
 
-import fcntl
-import json
 import re
-import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import FIXTURES, cli_env, run_cli
+from tests.conftest import FIXTURES, run_cli
+from tests.support import node_apps
+from tests.support.node_apps import ensure_npm_ci
 from tests.support.pg import create_database, drop_database, url_parts
 
 FORUM = FIXTURES / "forum"
@@ -41,43 +40,10 @@ COMPLETED = "Migrations completed successfully"
 SequelizeCli = Callable[..., subprocess.CompletedProcess[str]]
 
 
-def _installed_matches_pins() -> bool:
-    """True when node_modules holds exactly the versions package.json pins."""
-    pins = json.loads((FORUM / "package.json").read_text())["dependencies"]
-    for name, version in pins.items():
-        manifest = FORUM / "node_modules" / name / "package.json"
-        if not manifest.is_file():
-            return False
-        if json.loads(manifest.read_text()).get("version") != version:
-            return False
-    return SEQUELIZE_CLI.exists()
-
-
 @pytest.fixture(scope="session")
 def forum_app() -> Path:
     """The forum fixture directory, with ``npm ci`` done (once, under a file lock)."""
-    if _installed_matches_pins():
-        return FORUM
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.fail("npm is required for the parity tests (the forum fixture needs `npm ci`)")
-    with (FORUM / "package-lock.json").open() as lockfile:
-        # Parallel sessions (xdist workers, two checkouts' CI) must not run npm ci together.
-        fcntl.flock(lockfile, fcntl.LOCK_EX)
-        try:
-            if not _installed_matches_pins():
-                done = subprocess.run(
-                    [npm, "ci", "--no-audit", "--no-fund", "--prefix", str(FORUM)],
-                    capture_output=True,
-                    text=True,
-                    timeout=600,
-                )
-                if done.returncode != 0:
-                    pytest.fail(f"npm ci of the forum fixture failed:\n{done.stderr[-4000:]}")
-        finally:
-            fcntl.flock(lockfile, fcntl.LOCK_UN)
-    assert _installed_matches_pins(), "npm ci did not install the pinned versions"
-    return FORUM
+    return ensure_npm_ci(FORUM)
 
 
 def forum_env(url: str) -> dict[str, str]:
@@ -92,14 +58,7 @@ def run_sequelize_cli(
     timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
     """Run the forum app's own ``sequelize-cli`` as a real process."""
-    return subprocess.run(
-        [str(SEQUELIZE_CLI), *args],
-        env=cli_env(env),
-        cwd=cwd or FORUM,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return node_apps.run_sequelize_cli(FORUM, *args, env=env, cwd=cwd, timeout=timeout)
 
 
 @pytest.fixture

@@ -121,7 +121,8 @@ def test_failing_seeder_is_rolled_back_whole(tmp_path: Path, db_url: str) -> Non
     assert run_cli("db:migrate", "--env", "sequelize", env=env, cwd=app).returncode == 0
     r = run_cli("db:seed:all", "--env", "sequelize", env=env, cwd=app)
     assert r.returncode == 1
-    assert "error: seeder 20240101000200-broken.js (up): column" in r.stderr, r.stderr
+    assert "error: seeder 20240101000200-broken.js failed (up) at " in r.stderr, r.stderr
+    assert "20240101000200-broken.js:3: column" in r.stderr, r.stderr
     assert "42703" in r.stderr
     # the two good seeders committed, the broken one left nothing behind
     assert [n for n, _ in people(db_url)] == ["Ada", "Grace", "Linus (after 2)"]
@@ -225,7 +226,7 @@ def test_db_create_and_drop_match_sequelize_cli(
         ref = sequelize_cli("db:create", *args, env={"DATABASE_URL": urls[0]}, cwd=apps[0])
         ours = run_cli("db:create", *args, env={"DATABASE_URL": urls[1]}, cwd=apps[1])
         assert ref.returncode == 0 and ours.returncode == 0, ours.stderr
-        assert f"Database {names[1]} created." in ours.stderr
+        assert f"Database {names[1]} created." in ours.stdout
         with psycopg.connect(pg_server) as conn:
             rows = conn.execute(
                 "SELECT pg_encoding_to_char(encoding), datcollate FROM pg_database "
@@ -236,7 +237,7 @@ def test_db_create_and_drop_match_sequelize_cli(
         again = run_cli("db:create", "--env", "none", env={"DATABASE_URL": urls[1]}, cwd=apps[1])
         assert again.returncode == 1 and "42P04" in again.stderr
         ours = run_cli("db:drop", "--env", "none", env={"DATABASE_URL": urls[1]}, cwd=apps[1])
-        assert ours.returncode == 0 and f"Database {names[1]} dropped." in ours.stderr
+        assert ours.returncode == 0 and f"Database {names[1]} dropped." in ours.stdout
         with psycopg.connect(pg_server) as conn:
             left = conn.execute(
                 "SELECT datname FROM pg_database WHERE datname = ANY(%s)", (names,)

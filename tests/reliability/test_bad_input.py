@@ -240,6 +240,15 @@ CASES = [
         args=("up", "--frobnicate"),
     ),
     Case(
+        # libpq's own message quotes the whole URL, password included: only redaction hides it
+        "malformed-ipv6-url",
+        2,
+        r"malformed database URL \(--url\): end of string reached when looking for matching "
+        r'"\]" in IPv6 host address in URI: "\*\*\*"',
+        url=False,
+        args=("up", "--url", f"postgres://postgres:{QUOTED}@[::1:5432/x"),
+    ),
+    Case(
         "malformed-url",
         2,
         r"malformed database URL \(--url\): port must be a number",
@@ -256,7 +265,8 @@ CASES = [
     Case(
         "unreachable-host",
         5,
-        r"cannot connect to postgres@127\.0\.0\.1:1/x: .*\(gave up after waiting 1s\)",
+        r"cannot connect to postgres@127\.0\.0\.1:1/x: .*\(gave up after waiting 1s of "
+        r"--wait-timeout 1s, \d+ attempts\)",
         url=False,
         args=(
             "up",
@@ -278,7 +288,8 @@ CASES = [
     Case(
         "bad-lock-timeout-env",
         2,
-        r"MIGRUNNER_LOCK_TIMEOUT='soon': expected a number of seconds",
+        r"Invalid value for '--lock-timeout' \(env var: 'MIGRUNNER_LOCK_TIMEOUT'\): 'soon' is not "
+        r"a valid float",
         env={"MIGRUNNER_LOCK_TIMEOUT": "soon"},
     ),
     Case(
@@ -336,7 +347,7 @@ CASES = [
     Case(
         "js-syntax-error",
         1,
-        r"002-x\.js: SyntaxError: Unexpected identifier .* at 002-x\.js:4",
+        r"migration 002-x\.js failed to load at \S+/002-x\.js:4: SyntaxError: Unexpected identifier",
         files={
             "002-x.js": "module.exports = {\n  async up(queryInterface) {\n    await queryInterface.createTable('x', {});\n    this is not javascript;\n  },\n};\n"
         },
@@ -345,7 +356,7 @@ CASES = [
     Case(
         "js-throws-halfway",
         1,
-        r"002-x\.js \(up\).*deliberate failure",
+        r"migration 002-x\.js failed \(up\) at \S+/002-x\.js:5: deliberate failure",
         files={
             "002-x.js": "module.exports = {\n  async up(qi, S) {\n    await qi.createTable('x1', {id: {type: S.INTEGER, primaryKey: true}});\n    await qi.sequelize.transaction(async (t) => { await qi.createTable('x2', {id: {type: S.INTEGER, primaryKey: true}}, {transaction: t}); });\n    throw new Error('deliberate failure');\n  },\n};\n"
         },
@@ -354,7 +365,7 @@ CASES = [
     Case(
         "js-statement-fails",
         1,
-        r"002-x\.js \(up\): relation \"public\.nope\" does not exist \[SQLSTATE 42P01\] in: ALTER TABLE",
+        r"migration 002-x\.js failed \(up\) at \S+/002-x\.js:4: relation \"public\.nope\" does not exist \[SQLSTATE 42P01\] in statement: ALTER TABLE",
         files={
             "002-x.js": "module.exports = {\n  async up(qi, S) {\n    await qi.createTable('x1', {id: {type: S.INTEGER, primaryKey: true}});\n    await qi.addColumn('nope', 'c', S.INTEGER);\n  },\n};\n"
         },
@@ -374,7 +385,7 @@ CASES = [
     Case(
         "js-down-returns-nothing",
         1,
-        r"30000000000000-x\.js \(down\): Migration 30000000000000-x\.js \(or wrapper\) didn't return a promise",
+        r"migration 30000000000000-x\.js failed \(down\) at \S+/30000000000000-x\.js: Migration 30000000000000-x\.js \(or wrapper\) didn't return a promise",
         args=("down",),
         files={
             "30000000000000-x.js": "module.exports = {\n  async up(qi, S) {\n    await qi.createTable('x1', {id: {type: S.INTEGER, primaryKey: true}});\n  },\n  down(qi) {\n    qi.dropTable('x1');\n  },\n};\n"
@@ -530,7 +541,7 @@ def test_insufficient_privileges(
     weak = db_url.replace("postgres@", f"{role}@")
     try:
         r = run_cli("up", "--url", weak, "--migrations-path", str(folder))
-        assert r.returncode in (1, 2)
+        assert r.returncode == 2, r.stderr  # reading SequelizeMeta is refused: nothing ran
         (line,) = [x for x in r.stderr.splitlines() if x.startswith("error:")]
         assert "permission denied" in line and "42501" in line, line
         r = run_cli("up", "--url", weak, "--migrations-path", str(other), "--table", "OtherMeta")
@@ -593,8 +604,30 @@ def test_wrong_password_and_special_characters(pg_server: str, db_url: str, tmp_
             )
             assert bad.returncode == 2, bad.stderr
             (line,) = [x for x in bad.stderr.splitlines() if x.startswith("error:")]
-            assert "password authentication failed" in line and "check DB_USER/DB_PASSWORD" in line
+            assert "password authentication failed" in line
+            assert "(credentials from: DB_USER/DB_PASSWORD)" in line
             assert secret not in bad.stdout + bad.stderr
+            # No password at all is the same mistake: same exit code, the hint says where
+            # libpq looked; waiting (--wait) cannot fix it, so it is not retried.
+            nopass = {**parts, "HOME": str(tmp_path), "PGPASSWORD": ""}
+            missing = run_cli("status", "--wait", "--migrations-path", str(folder), env=nopass)
+            assert missing.returncode == 2, missing.stderr
+            (line,) = [x for x in missing.stderr.splitlines() if x.startswith("error:")]
+            assert "no password supplied" in line
+            assert (
+                "(credentials from: no password in DB_* environment, PGPASSWORD or ~/.pgpass)"
+                in line
+            )
+            assert "waiting for the database" not in missing.stdout
+            from_pg = run_cli(
+                "status",
+                "--migrations-path",
+                str(folder),
+                env={**nopass, "PGPASSWORD": secret + "-wrong"},
+            )
+            assert from_pg.returncode == 2, from_pg.stderr
+            assert "(credentials from: PGPASSWORD)" in from_pg.stderr
+            assert secret not in from_pg.stdout + from_pg.stderr
             good = run_cli(
                 "status", "--migrations-path", str(folder), env={**parts, "DB_PASSWORD": secret}
             )

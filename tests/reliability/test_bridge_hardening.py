@@ -6,7 +6,6 @@ Real PostgreSQL, real node, the real sequelize-cli (the pitfalls app's) for the 
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,8 +13,10 @@ import psycopg
 import pytest
 
 from tests.conftest import run_cli
-from tests.integration.test_pitfalls import APP, meta_names, sequelize_cli, snapshot
+from tests.integration.test_pitfalls import APP, sequelize_cli, snapshot
+from tests.support.node_apps import ensure_npm_ci
 from tests.support.pg import create_database, drop_database
+from tests.support.state import meta_rows
 from tests.support.state import snapshot as dump_snapshot
 
 DRY_OWN = APP / "dry-own"
@@ -24,14 +25,8 @@ NOT_REHEARSED = "-- not rehearsed: opens its own database connection"
 
 @pytest.fixture(scope="session")
 def seq_cli() -> Path:
-    cli = APP / "node_modules" / ".bin" / "sequelize-cli"
-    if not cli.exists():
-        subprocess.run(
-            ["npm", "ci", "--prefix", str(APP), "--no-fund", "--no-audit", "--loglevel=error"],
-            check=True,
-            timeout=600,
-        )
-    return cli
+    """The pitfalls app with its pinned sequelize-cli installed."""
+    return ensure_npm_ci(APP)
 
 
 @pytest.fixture
@@ -112,7 +107,7 @@ def test_commit_and_chain_ends_like_sequelize_cli_and_atomically(
     assert ours.returncode == theirs.returncode, ours.stderr + theirs.stderr
     ledger = "SELECT id, amount FROM ledger ORDER BY id"
     with psycopg.connect(reference_db, autocommit=True) as reference:
-        assert meta_names(db) == meta_names(reference)
+        assert list(meta_rows(db)) == list(meta_rows(reference))
         if folder == "chain":
             assert ours.returncode == 0
             assert snapshot(db) == snapshot(reference)

@@ -30,8 +30,9 @@ from tests.parity.conftest import (  # noqa: F401  (forum_app is a fixture)
     migrunner,
     ok,
 )
-from tests.support.catalog import diff_fingerprints, fingerprint, meta_rows
+from tests.support.catalog import diff_fingerprints, fingerprint
 from tests.support.pg import create_database, drop_database
+from tests.support.state import meta_rows
 
 RUNNERS = 16
 WAIT_FOR_RUNNERS = 60.0
@@ -104,7 +105,7 @@ def test_sixteen_runners_apply_each_migration_once(start: str, pg_server: str, d
     ]
     assert sorted(applied_lines) == sorted(MIGRATIONS), applied_lines
 
-    assert meta_rows(db_url) == list(MIGRATIONS)
+    assert meta_rows(db_url) == MIGRATIONS
     with psycopg.connect(db_url, autocommit=True) as conn:
         history = conn.execute(
             "SELECT name, direction, outcome FROM migrunner_history ORDER BY id"

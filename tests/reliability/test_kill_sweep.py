@@ -4,7 +4,11 @@ remains, and a rerun succeeds and ends in exactly the schema of an uninterrupted
 runners started together on an empty database.
 
 The kill moment is random by design (seeded, so a failure can be replayed); every assertion
-is on database state, synchronised on what the server reports.
+is on database state, synchronised on what the server reports. Every database of the sweep is
+a copy of one template holding sequelize-cli's ``SequelizeMeta`` with a trigger that NOTIFYs
+each commit of a row: the test sleeps on LISTEN until the chosen number of migrations
+committed, instead of polling in a loop that would take the CPU from the runner it is about to
+kill (2 cores here).
 """
 
 from __future__ import annotations
@@ -12,8 +16,11 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
 import time
 from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
@@ -50,20 +57,49 @@ def advisory_held_at(url: str) -> bool:
         return advisory_held(conn)
 
 
-def committed(conn: psycopg.Connection) -> int:
+TEMPLATE_SQL = """
+CREATE TABLE "SequelizeMeta" ("name" VARCHAR(255) NOT NULL UNIQUE, PRIMARY KEY ("name"));
+CREATE FUNCTION sweep_committed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    -- delivered at commit: the payload is the number of rows then recorded
+    PERFORM pg_notify('sweep_committed', (SELECT count(*) FROM "SequelizeMeta")::text);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER sweep_committed AFTER INSERT ON "SequelizeMeta"
+    FOR EACH ROW EXECUTE FUNCTION sweep_committed();
+"""
+
+
+@pytest.fixture(scope="module")
+def template(pg_server: str) -> Iterator[str]:
+    """The database every run of the sweep (and its reference) is copied from."""
+    url = create_database(pg_server, "mrkilltpl")
     try:
-        row = conn.execute('SELECT count(*) FROM "SequelizeMeta"').fetchone()
-    except psycopg.errors.UndefinedTable:
-        return 0
-    return int(row[0]) if row else 0
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(TEMPLATE_SQL)
+        yield url
+    finally:
+        drop_database(pg_server, url)
+
+
+def wait_until_committed(url: str, proc: subprocess.Popen[str], target: int) -> None:
+    """Sleep on LISTEN until ``target`` SequelizeMeta rows committed or the runner ended."""
+    with psycopg.connect(url, autocommit=True) as watch:
+        watch.execute("LISTEN sweep_committed")
+        row = watch.execute('SELECT count(*) FROM "SequelizeMeta"').fetchone()
+        done = int(row[0]) if row else 0
+        while done < target and proc.poll() is None:
+            for note in watch.notifies(timeout=0.05):
+                done = max(done, int(note.payload))
+                break
 
 
 def test_probes_cover_every_migration() -> None:
     assert sorted(PROBES) == NAMES
 
 
-def test_kill_sweep(pg_server: str) -> None:
-    ref = create_database(pg_server, "mrref")
+def test_kill_sweep(pg_server: str, template: str) -> None:
+    ref = create_database(pg_server, "mrref", template=template)
     try:
         r = run_cli("up", "--url", ref, "--migrations-path", str(SWEEP))
         assert r.returncode == 0, r.stderr
@@ -73,6 +109,10 @@ def test_kill_sweep(pg_server: str) -> None:
         drop_database(pg_server, ref)
 
     rng = random.Random(20261124)
+    # DROP DATABASE waits for a checkpoint (seconds on a loaded machine): drop each run's
+    # database in the background while the next run goes on.
+    dropper = ThreadPoolExecutor(max_workers=1)
+    drops = []
     progress: Counter[int] = Counter()
     interrupted = 0
     attempts = 0
@@ -80,16 +120,13 @@ def test_kill_sweep(pg_server: str) -> None:
         attempts += 1
         assert attempts <= KILLS * 2, (interrupted, progress)
         i = attempts
-        url = create_database(pg_server, "mrkill")
+        url = create_database(pg_server, "mrkill", template=template)
         try:
             proc = popen_cli("up", "--url", url, "--migrations-path", str(SWEEP))
             # A random moment, spread over the whole run whatever the machine's speed: wait
             # (on the database) until a random number of migrations committed, then a random
             # few milliseconds more.
-            target = rng.randrange(len(NAMES))
-            with psycopg.connect(url, autocommit=True) as watch:
-                while proc.poll() is None and committed(watch) < target:
-                    pass  # a tight poll on the database: the runs are fast
+            wait_until_committed(url, proc, rng.randrange(len(NAMES)))
             time.sleep(rng.uniform(0.0, 0.015))
             if proc.poll() is None:
                 interrupted += 1
@@ -111,7 +148,10 @@ def test_kill_sweep(pg_server: str) -> None:
             ups = Counter(n for n, d, o in history_rows(url) if d == "up" and o == "applied")
             assert ups == Counter(NAMES), f"kill {i}: history {ups}"
         finally:
-            drop_database(pg_server, url)
+            drops.append(dropper.submit(drop_database, pg_server, url))
+    dropper.shutdown(wait=True)
+    for done in drops:
+        done.result()
     # The kills must have landed all over the run, not all before or after it.
     assert len(progress) >= 4, progress
     print(

@@ -15,15 +15,10 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.conftest import FIXTURES, run_cli
+from tests.support.cluster import free_port
 from tests.support.state import meta_rows, snapshot, wait_for
 
 EXAMPLE = FIXTURES / "example" / "migrations"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -25,12 +25,10 @@ KEY = lock_key(None, "SequelizeMeta")
 
 def test_sixteen_runners_apply_each_migration_once(db_url: str, db: psycopg.Connection) -> None:
     procs = [popen_cli("up", "--url", db_url, "--migrations-path", str(EXAMPLE)) for _ in range(16)]
-    results = [(p.wait(timeout=120), p.stderr.read() if p.stderr else "") for p in procs]
-    for p in procs:
-        p.stdout and p.stdout.close()
-        p.stderr and p.stderr.close()
+    outputs = [p.communicate(timeout=120) for p in procs]
+    results = [(p.returncode, out + err) for p, (out, err) in zip(procs, outputs, strict=True)]
     assert [code for code, _ in results] == [0] * 16, [err for _, err in results]
-    assert all("Migrations completed successfully" in err for _, err in results)
+    assert all("Migrations completed successfully" in out for out, _ in outputs)
     assert meta_rows(db_url) == tuple(NAMES)
     applied = Counter(n for n, d, o in history_rows(db_url) if d == "up" and o == "applied")
     assert applied == Counter(NAMES)

@@ -10,32 +10,23 @@ fingerprints compare with ``==`` and :func:`diff_fingerprints` names exactly wha
 Bookkeeping of a runner is left out by name (``exclude_tables``, default migrunner's history
 table) together with everything that hangs off it (its columns, indexes, constraints, triggers,
 owned sequences, comments). ``SequelizeMeta``'s *shape* stays in: both tools must create the
-same table. Its rows are compared separately with :func:`meta_rows`, since row counts alone
-would not catch a wrong name.
+same table. Its rows are compared separately with :func:`tests.support.state.meta_rows`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from tests.support.state import connected
+
 Fingerprint = dict[str, dict[str, Any]]
 
 DEFAULT_EXCLUDED = ("migrunner_history",)
-
-
-@contextmanager
-def _connection(conn_or_url: psycopg.Connection[Any] | str) -> Iterator[psycopg.Connection[Any]]:
-    if isinstance(conn_or_url, str):
-        with psycopg.connect(conn_or_url, autocommit=True) as conn:
-            yield conn
-    else:
-        yield conn_or_url
 
 
 def _excluded_oids(
@@ -264,20 +255,56 @@ def _row_counts(
     return counts
 
 
+def _row_data(
+    conn: psycopg.Connection[Any], schemas: list[str], excluded: list[int], ignore: set[str]
+) -> dict[str, Any]:
+    """Every row of every table as sorted JSON, minus ``ignore`` columns (run-time values)."""
+    tables = conn.execute(
+        """
+        SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'p') AND c.oid <> ALL(%s)
+        """,
+        (schemas, excluded),
+    ).fetchall()
+    data: dict[str, Any] = {}
+    for schema, table in tables:
+        query = sql.SQL("SELECT to_jsonb(t) FROM {}.{} t").format(
+            sql.Identifier(schema), sql.Identifier(table)
+        )
+        data[f"{schema}.{table}"] = sorted(
+            _show({k: v for k, v in r[0].items() if k not in ignore})
+            for r in conn.execute(query).fetchall()
+        )
+    return data
+
+
+def app_schemas(conn_or_url: psycopg.Connection[Any] | str) -> list[str]:
+    """Every schema but PostgreSQL's own (for apps whose migrations create schemas)."""
+    with connected(conn_or_url) as conn:
+        rows = conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' "
+            "AND nspname <> 'information_schema' ORDER BY nspname"
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+
+
 def fingerprint(
     conn_or_url: psycopg.Connection[Any] | str,
     schemas: Iterable[str] = ("public",),
     exclude_tables: Iterable[str] = DEFAULT_EXCLUDED,
     row_counts: bool = True,
+    data: bool = False,
+    ignore_columns: Iterable[str] = (),
 ) -> Fingerprint:
     """Describe every schema object in ``schemas`` as ``{category: {qualified name: details}}``.
 
     ``exclude_tables`` holds bare names (matched in every schema) or ``schema.name``; each
     excluded table takes its columns, indexes, constraints, triggers, rules, owned sequences
-    and comments with it. ``row_counts`` adds a ``rows`` category (rows per table).
+    and comments with it. ``row_counts`` adds a ``rows`` category (rows per table); ``data``
+    a ``data`` category with every row (minus ``ignore_columns``, e.g. timestamps).
     """
     schema_list = list(schemas)
-    with _connection(conn_or_url) as conn:
+    with connected(conn_or_url) as conn:
         excluded = _excluded_oids(conn, schema_list, exclude_tables)
         params = {"schemas": schema_list, "excluded": excluded}
         result: Fingerprint = {}
@@ -286,22 +313,9 @@ def fingerprint(
             result[category] = {str(key): value for key, value in rows}
         if row_counts:
             result["rows"] = _row_counts(conn, schema_list, excluded)
+        if data:
+            result["data"] = _row_data(conn, schema_list, excluded, set(ignore_columns))
     return result
-
-
-def meta_rows(
-    conn_or_url: psycopg.Connection[Any] | str,
-    table: str = "SequelizeMeta",
-    schema: str = "public",
-) -> list[str] | None:
-    """Names recorded in SequelizeMeta, sorted; ``None`` when the table does not exist."""
-    with _connection(conn_or_url) as conn:
-        ref = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
-        found = conn.execute("SELECT to_regclass(%s)", (ref.as_string(conn),)).fetchone()
-        if not found or found[0] is None:
-            return None
-        rows = conn.execute(sql.SQL("SELECT name FROM {} ORDER BY name").format(ref)).fetchall()
-        return [str(r[0]) for r in rows]
 
 
 def _show(value: Any) -> str:

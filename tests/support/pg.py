@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
@@ -110,10 +111,16 @@ def server_url() -> Iterator[str]:
         yield LOCAL_URL
 
 
-def create_database(server: str, prefix: str = "mrt") -> str:
+def create_database(server: str, prefix: str = "mrt", template: str | None = None) -> str:
+    """A new database with a unique name; a copy of ``template`` (a database URL or name, with
+    no session connected to it) when given."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if template is not None:
+        source = urlsplit(template).path.lstrip("/") if "://" in template else template
+        query += sql.SQL(" TEMPLATE {}").format(sql.Identifier(source))
     with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        conn.execute(query)
     return with_database(server, name)
 
 
@@ -123,6 +130,26 @@ def drop_database(server: str, url: str) -> None:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
+
+
+_dropper: ThreadPoolExecutor | None = None
+_drops: list[Future[None]] = []
+
+
+def drop_database_soon(server: str, url: str) -> None:
+    """Drop in the background: DROP DATABASE waits until every backend of the server has
+    acknowledged it (seconds on a busy shared server), time the next test can use.
+    :func:`finish_drops` waits for them all (at the end of the session)."""
+    global _dropper
+    if _dropper is None:
+        _dropper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dropdb")
+    _drops.append(_dropper.submit(drop_database, server, url))
+
+
+def finish_drops() -> None:
+    """Wait for the background drops; the first failure is raised."""
+    while _drops:
+        _drops.pop(0).result()
 
 
 def url_parts(url: str) -> dict[str, str]:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
+from psycopg import sql
 
 
 @dataclass(frozen=True)
@@ -33,12 +37,38 @@ def dump(url: str, *flags: str) -> str:
     )
 
 
-def meta_rows(url: str, table: str = "SequelizeMeta") -> tuple[str, ...]:
-    with psycopg.connect(url, autocommit=True) as conn:
-        exists = conn.execute("SELECT to_regclass(%s)", (f'"{table}"',)).fetchone()
-        if not exists or exists[0] is None:
+@contextmanager
+def connected(conn_or_url: psycopg.Connection[Any] | str) -> Iterator[psycopg.Connection[Any]]:
+    """Use a connection as is, or open (and close) an autocommit one for a URL."""
+    if isinstance(conn_or_url, str):
+        with psycopg.connect(conn_or_url, autocommit=True) as conn:
+            yield conn
+    else:
+        yield conn_or_url
+
+
+def meta_rows(
+    conn_or_url: psycopg.Connection[Any] | str,
+    table: str = "SequelizeMeta",
+    schema: str | None = None,
+) -> tuple[str, ...]:
+    """Names recorded in SequelizeMeta, sorted; ``()`` when the table does not exist (a row
+    count alone would not catch a wrong name)."""
+    ref = sql.Identifier(table) if schema is None else sql.Identifier(schema, table)
+    with connected(conn_or_url) as conn:
+        found = conn.execute("SELECT to_regclass(%s)", (ref.as_string(conn),)).fetchone()
+        if not found or found[0] is None:
             return ()
-        return tuple(r[0] for r in conn.execute(f'SELECT name FROM "{table}" ORDER BY name'))
+        rows = conn.execute(sql.SQL("SELECT name FROM {} ORDER BY name").format(ref)).fetchall()
+        return tuple(str(r[0]) for r in rows)
+
+
+def exists(conn_or_url: psycopg.Connection[Any] | str, relation: str) -> bool:
+    """Whether ``relation`` (as ``to_regclass`` reads it: ``schema.name`` or a search_path
+    name) exists."""
+    with connected(conn_or_url) as conn:
+        row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [relation]).fetchone()
+        return bool(row and row[0])
 
 
 BOOKKEEPING = ("-T", '"SequelizeMeta"', "-T", "migrunner_history*")

@@ -91,3 +91,54 @@ def test_unicode_normalisation_twins_rejected(tmp_path: Path) -> None:
     touch(tmp_path, "caf\u00e9.js", "cafe\u0301.js")
     with pytest.raises(SourceError, match="Unicode normalisation|duplicate"):
         discover(tmp_path)
+
+
+def test_discovered_migrations_carry_path_kind_and_folder(tmp_path: Path) -> None:
+    touch(tmp_path, "001-a.sql", "002-b.cjs")
+    src = discover(tmp_path)
+    assert src.folder == tmp_path
+    assert [(m.name, m.path, m.kind) for m in src.migrations] == [
+        ("001-a.sql", tmp_path / "001-a.sql", "sql"),
+        ("002-b.cjs", tmp_path / "002-b.cjs", "js"),
+    ]
+
+
+def test_stems_split_at_the_last_dot(tmp_path: Path) -> None:
+    touch(tmp_path, "001.a.js", "001.b.sql")  # different stems: "001.a" and "001.b"
+    assert len(discover(tmp_path).migrations) == 2
+
+
+def test_name_clash_messages(tmp_path: Path) -> None:
+    touch(tmp_path, "001-init.js", "001-init.sql")
+    with pytest.raises(SourceError) as info:
+        discover(tmp_path)
+    assert (
+        info.value.message
+        == f"{tmp_path}: duplicate migration name '001-init': 001-init.js and 001-init.sql"
+    )
+    other = tmp_path / "other"
+    other.mkdir()
+    touch(other, "caf\u00e9.js", "cafe\u0301.js")
+    with pytest.raises(SourceError) as info:
+        discover(other)
+    first, second = sorted(["caf\u00e9.js", "cafe\u0301.js"], key=js_sort_key)
+    assert info.value.message == (
+        f"{other}: migration names {first!r} and {second!r} differ only in Unicode normalisation"
+    )
+
+
+def test_sort_key_accepts_undecodable_file_names() -> None:
+    # os.scandir gives undecodable bytes as lone surrogates (surrogateescape)
+    assert js_sort_key("a\udcff.js") == "a\udcff.js".encode("utf-16-be", "surrogatepass")
+    assert sorted(["b.js", "a\udcff.js"], key=js_sort_key) == ["a\udcff.js", "b.js"]
+
+
+def test_unreadable_file_is_named() -> None:
+    from runner.source import file_checksum
+
+    # (an unreadable folder needs a non-root user: test_bad_input drops DAC override for it)
+    with pytest.raises(SourceError) as info:
+        file_checksum(Path("/nonexistent/gone.js"))
+    assert info.value.message == (
+        "/nonexistent/gone.js: cannot read migration file: No such file or directory"
+    )
