@@ -27,7 +27,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from measure import MIB, run_tree
 from run import BENCH, ROOT, Server, base_env, ensure_node, server_from_env
 
@@ -80,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     ensure_node(BENCH / "node")
     tools = {
         "migrunner": [str(args.migrunner), "up"],
-        "sequelize-cli": [str(BENCH / "node" / "node_modules" / ".bin" / "sequelize-cli"), "db:migrate"],
+        "sequelize-cli": [
+            str(BENCH / "node" / "node_modules" / ".bin" / "sequelize-cli"),
+            "db:migrate",
+        ],
     }
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="mrbench-big-") as tmp, server_from_env() as server:

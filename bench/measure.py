@@ -47,6 +47,7 @@ class Run:
     strays: int = 0  # tree processes still alive after every command exited
     ends_s: list[float] = field(default_factory=list)  # per command, from the common start
     failure_lines: list[str] = field(default_factory=list)  # last stderr line of each failure
+    max_hwm: int = 0  # bytes, the largest single process's high-water mark (VmHWM)
 
 
 def read_ppid(pid: int) -> int | None:
@@ -223,6 +224,7 @@ def run_tree(
         strays=len(strays),
         ends_s=[ends[p.pid] for p in procs],
         failure_lines=failure_lines,
+        max_hwm=max(sampler.hwm.values(), default=0),
     )
 
 

@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -29,7 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,10 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 NODE_DIR = BENCH / "node"
 SEQUELIZE_CLI = NODE_DIR / "node_modules" / ".bin" / "sequelize-cli"
+DBMATE_DIR = BENCH / "dbmate"
+# The native binary the npm package ships (its bin entry is a node wrapper that would add a
+# node start to every dbmate run): dbmate measured as fast as it can be run.
+DBMATE = DBMATE_DIR / "node_modules" / "@dbmate" / "linux-x64" / "bin" / "dbmate"
 FORUM = ROOT / "tests" / "fixtures" / "forum"
 EXAMPLE = ROOT / "tests" / "fixtures" / "example" / "migrations"
 LOCAL_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -123,6 +128,20 @@ class Server:
             if m and int(m.group(1)) != os.getpid() and not Path(f"/proc/{m.group(1)}").exists():
                 self.drop(name)
 
+    def ready(self) -> bool:
+        try:
+            with self.admin() as conn:
+                conn.execute("SELECT 1")
+            return True
+        except psycopg.OperationalError:
+            return False
+
+    def wait_ready(self, timeout: float = 300.0) -> None:
+        """The shared server may be restarted by other work on the machine: wait for it."""
+        deadline = time.monotonic() + timeout
+        while not self.ready() and time.monotonic() < deadline:
+            time.sleep(1.0)
+
     def db_url(self, name: str) -> str:
         return urlunsplit(urlsplit(self.url)._replace(path="/" + name))
 
@@ -131,12 +150,14 @@ class Server:
             row = conn.execute(query).fetchone()
         return row[0] if row else None
 
-    def meta_rows(self, dbname: str) -> int:
-        """Rows in SequelizeMeta (0 when the table does not exist)."""
-        exists = self.scalar(dbname, "SELECT to_regclass('public.\"SequelizeMeta\"') IS NOT NULL")
+    def meta_rows(self, dbname: str, table: str = "SequelizeMeta") -> int:
+        """Rows in the tool's bookkeeping table (0 when it does not exist): SequelizeMeta, or
+        dbmate's schema_migrations."""
+        ref = f'public."{table}"'
+        exists = self.scalar(dbname, f"SELECT to_regclass('{ref}') IS NOT NULL")
         if not exists:
             return 0
-        return int(self.scalar(dbname, 'SELECT count(*) FROM "SequelizeMeta"'))
+        return int(self.scalar(dbname, f"SELECT count(*) FROM {ref}"))
 
     def env(self, dbname: str) -> dict[str, str]:
         """The same database for every tool, the way each one reads it: DB_* (the Job's
@@ -182,6 +203,10 @@ class Case:
     copies: int = 1  # processes started together
     must_succeed: bool = True  # False: sequelize-cli racing itself; failures are the finding
     success_line: str | None = None
+    meta_table: str = "SequelizeMeta"  # dbmate: schema_migrations
+    # changes nothing (a no-op, status): run on the template itself, no copy per run (copying
+    # and dropping a database of 10,000 migrations costs a checkpoint each, ~30 s here)
+    read_only: bool = False
 
 
 @dataclass
@@ -213,6 +238,7 @@ def result_json(r: Result) -> dict[str, Any]:
         out["wall_s"] = summary([x.wall_s for x in r.runs])
         out["peak_rss_mib"] = summary([x.peak_rss / MIB for x in r.runs])
         out["hwm_sum_mib"] = summary([x.hwm_sum / MIB for x in r.runs])
+        out["max_process_mib"] = summary([x.max_hwm / MIB for x in r.runs])
         out["cpu_s"] = summary([x.cpu_s for x in r.runs])
         out["processes"] = max(x.processes for x in r.runs)
         out["samples"] = min(x.samples for x in r.runs)
@@ -242,6 +268,11 @@ class Bench:
     def command_env(self, dbname: str) -> dict[str, str]:
         env = base_env()
         env.update(self.server.env(dbname))
+        # dbmate's own variable: lib/pq would insist on TLS unless the URL says otherwise
+        url = env["DATABASE_URL"]
+        if "sslmode" not in url:
+            url += ("&" if "?" in url else "?") + "sslmode=disable"
+        env["DBMATE_BENCH_URL"] = url
         return env
 
     def execute(self, case: Case, dbname: str, log_dir: Path) -> Run:
@@ -261,7 +292,7 @@ class Bench:
         if key not in self.templates:
             name = self.server.create(name=f"{self.server.prefix}_tpl_{key}")
             run = self.execute(setup, name, self.work / "logs" / f"tpl-{key}")
-            error = check(run, setup, self.server.meta_rows(name))
+            error = check(run, setup, self.server.meta_rows(name, setup.meta_table))
             if error:
                 self.templates[key] = None
                 self.template_errors[key] = f"setup ({' '.join(setup.argv[-8:])}): {error}"
@@ -284,13 +315,26 @@ class Bench:
                 if len(res.errors) >= 2:  # a broken tool: do not burn the time budget
                     continue
                 tpl = self.templates.get(c.template) if c.template else None
-                db = self.server.create(template=tpl)
                 label = f"{c.workload}-{c.op}-{c.tool}-{c.copies}-{i}"
-                try:
-                    run = self.execute(c, db, self.work / "logs" / label)
-                    error = check(run, c, self.server.meta_rows(db))
-                finally:
-                    self.server.drop(db)
+                for _attempt in range(3):  # a run the server's restart broke is run again
+                    self.server.wait_ready()
+                    try:
+                        if c.read_only and tpl:
+                            run = self.execute(c, tpl, self.work / "logs" / label)
+                            error = check(run, c, self.server.meta_rows(tpl, c.meta_table))
+                            break
+                        db = self.server.create(template=tpl)
+                        try:
+                            run = self.execute(c, db, self.work / "logs" / label)
+                            error = check(run, c, self.server.meta_rows(db, c.meta_table))
+                        finally:
+                            self.server.drop(db)
+                    except psycopg.OperationalError as exc:
+                        print(f"  server unavailable ({str(exc).strip()[:80]}): again", flush=True)
+                        continue
+                    if not error or self.server.ready():
+                        break
+                    print("  the server went away during the run: again", flush=True)
                 status = "warm-up" if i < warmup else f"run {i - warmup + 1}/{runs}"
                 line = (
                     f"  {c.workload:<16} {c.op:<7} {c.tool:<14} x{c.copies:<3} {status:<9} "
@@ -399,10 +443,19 @@ def versions(server: Server) -> dict[str, str]:
         "sequelize": npm_version("sequelize"),
         "sequelize-cli": npm_version("sequelize-cli"),
         "pg": npm_version("pg"),
+        "dbmate": cmd(str(DBMATE), "--version").removeprefix("dbmate version ") or "n/a",
         "psycopg": psycopg.__version__,
         "pglast": str(getattr(pglast, "__version__", "n/a")),
         "migrunner": rev + (" (+ uncommitted changes)" if dirty else ""),
     }
+
+
+def baseline_note(path: Path | None) -> str | None:
+    """What ``--baseline`` is: its path, and the commit in a REV file beside it if any."""
+    if path is None:
+        return None
+    rev = path.parent / "REV"
+    return f"{path}" + (f" (commit {rev.read_text().strip()})" if rev.is_file() else "")
 
 
 def loadavg() -> float:
@@ -449,7 +502,7 @@ def plan(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             argv,
             FORUM,
             meta,
-            template=f"forum-{tool}" if migrated else None,
+            template=f"forum-{tool.replace(BEFORE, 'migrunner')}" if migrated else None,
             success_line=SUCCESS if tool == "migrunner" and op in ("up", "noop") else None,
         )
 
@@ -465,6 +518,22 @@ def plan(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             ("down", "db:migrate:undo:all", "db:migrate:undo:all", 0, True),
         ]
     }
+    # The issue's cycle: undo everything, then migrate again (one shell, both commands timed).
+    groups["forum"]["cycle"] = [
+        forum(
+            "cycle",
+            tool,
+            [
+                "sh",
+                "-c",
+                f"{shlex.join([*cmd, 'db:migrate:undo:all', *FORUM_ARGS])} && "
+                f"{shlex.join([*cmd, 'db:migrate', *FORUM_ARGS])}",
+            ],
+            11,
+            True,
+        )
+        for tool, cmd in (("migrunner", mig), ("sequelize-cli", seq))
+    ]
     groups["forum-psql"] = {
         "up": [
             Case("forum-psql", "up", "psql", [*psql, str(work / "forum-end-state.sql")], work, 11)
@@ -506,6 +575,7 @@ def plan(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             Case("js", "up", "sequelize-cli", [*seq, "db:migrate", *JS_ARGS], js_app, n),
         ]
     }
+    groups["scale"] = scale_cases(args, work, mig, psql)
     k = args.concurrency
     example_n = len(list(EXAMPLE.glob("*.sql")))
     groups["concurrent"] = {
@@ -551,7 +621,77 @@ def plan(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             ),
         ],
     }
+    if args.baseline:
+        add_baseline(groups, str(args.migrunner), str(args.baseline))
     return groups
+
+
+BEFORE = "migrunner-before"
+
+
+def add_baseline(groups: dict[str, Any], current: str, baseline: str) -> None:
+    """Beside every migrunner case, the same case run by ``--baseline`` (another build, e.g.
+    main before a change), alternating run by run with the others: before/after ratios from
+    one run of a machine whose load changes. It starts from migrunner's own templates."""
+    for ops in groups.values():
+        for op, cases in ops.items():
+            out = []
+            for c in cases:
+                out.append(c)
+                if c.tool == "migrunner":
+                    argv = [a.replace(current, baseline) for a in c.argv]
+                    out.append(replace(c, tool=BEFORE, argv=argv))
+            ops[op] = out
+
+
+def dbmate_argv() -> list[str]:
+    """dbmate reads its URL from ``DBMATE_BENCH_URL`` (set per run by ``Bench.command_env``).
+    No schema dump after a migration (it would time a pg_dump migrunner does not run)."""
+    return [str(DBMATE), "--env", "DBMATE_BENCH_URL", "--no-dump-schema"]
+
+
+def scale_cases(
+    args: argparse.Namespace, work: Path, mig: list[str], psql: list[str]
+) -> dict[str, list[Case]]:
+    """10,000 generated `.sql` migrations (``--scale-count``), migrunner side by side with
+    dbmate (the fastest SQL runner we can run here): from empty, a no-op and ``status`` with
+    every one applied (each tool on a database it migrated itself)."""
+    n = args.scale_count
+    folder = work / "scale"
+    m_path = ["--migrations-path", str(folder)]
+    d_dir = ["--migrations-dir", str(folder)]
+    dbm = dbmate_argv()
+
+    def case(op: str, tool: str, argv: list[str], template: bool) -> Case:
+        return Case(
+            "scale",
+            op,
+            tool,
+            argv,
+            work,
+            n,
+            template=f"scale-{tool.replace(BEFORE, 'migrunner')}" if template else None,
+            success_line=SUCCESS if tool == "migrunner" and op != "status" else None,
+            meta_table="schema_migrations" if tool == "dbmate" else "SequelizeMeta",
+            read_only=template,
+        )
+
+    return {
+        "up": [
+            case("up", "migrunner", [*mig, "up", *m_path], False),
+            case("up", "dbmate", [*dbm, *d_dir, "migrate"], False),
+            # no `psql -1 -f` floor here: 10,000 migrations in one transaction exceed the
+            # server's lock table (max_locks_per_transaction) and would starve other sessions
+        ],
+        "noop": [
+            case("noop", "migrunner", [*mig, "up", *m_path], True),
+            case("noop", "dbmate", [*dbm, *d_dir, "migrate"], True),
+        ],
+        "status": [
+            case("status", "migrunner", [*mig, "status", *m_path], True),
+            case("status", "dbmate", [*dbm, *d_dir, "status"], True),
+        ],
+    }
 
 
 def prepare(args: argparse.Namespace, work: Path) -> None:
@@ -571,6 +711,8 @@ def prepare(args: argparse.Namespace, work: Path) -> None:
     write_sql_concat(work / "sql-concat.sql", args.count)
     write_sql_concat(work / "sql-per-migration.sql", args.count, per_migration=True)
     write_js_app(work / "js", args.count, NODE_DIR / "node_modules")
+    if not args.only or "scale" in args.only.split(","):
+        write_sql(work / "scale", args.scale_count)
 
 
 # --------------------------------------------------------------------------- report
@@ -581,7 +723,9 @@ def stats_of(doc: dict[str, Any], workload: str, op: str, tool: str) -> dict[str
     return entry if entry and entry.get("runs") else None
 
 
-def ratios(doc: dict[str, Any], n: int, k: int, nproc: int) -> list[dict[str, Any]]:
+def ratios(
+    doc: dict[str, Any], n: int, k: int, nproc: int, me: str = "migrunner"
+) -> list[dict[str, Any]]:
     """Ratios of medians with the issue's targets (reported, never asserted)."""
     out: list[dict[str, Any]] = []
 
@@ -600,18 +744,35 @@ def ratios(doc: dict[str, Any], n: int, k: int, nproc: int) -> list[dict[str, An
     def div(a: float | None, b: float | None) -> float | None:
         return None if a is None or b is None or b == 0 else a / b
 
-    for op, target in [("noop", 0.5), ("up", 0.8), ("status", None), ("down", None)]:
+    for op, target in [
+        ("noop", 0.4),
+        ("up", 0.8),
+        ("cycle", 0.8),
+        ("status", 0.4),
+        ("down", None),
+    ]:
         add(
             f"forum {op}: migrunner / sequelize-cli",
-            div(wall("forum", op, "migrunner"), wall("forum", op, "sequelize-cli")),
+            div(wall("forum", op, me), wall("forum", op, "sequelize-cli")),
             target=target,
         )
-    for tool in ("migrunner", "sequelize-cli"):
+    for op in ("noop", "status", "up", "cycle"):
+        # CPU is what a loaded node (or a 100m-CPU Job) pays; wall time depends on the neighbours
+        add(
+            f"forum {op}, CPU seconds: migrunner / sequelize-cli",
+            div(cpu("forum", op, me), cpu("forum", op, "sequelize-cli")),
+        )
+    for op in ("up", "noop", "status"):
+        add(
+            f"scale {op}, CPU seconds: migrunner / dbmate",
+            div(cpu("scale", op, me), cpu("scale", op, "dbmate")),
+        )
+    for tool in (me, "sequelize-cli"):
         add(
             f"forum up: {tool} / psql floor",
             div(wall("forum", "up", tool), wall("forum-psql", "up", "psql")),
         )
-    m, p = wall("sql", "up", "migrunner"), wall("sql", "up", "psql")
+    m, p = wall("sql", "up", me), wall("sql", "up", "psql")
     add(f"{n} SQL: migrunner / psql floor", div(m, p), target=1.5)
     add(
         f"{n} SQL: migrunner / psql with one transaction per migration",
@@ -622,23 +783,38 @@ def ratios(doc: dict[str, Any], n: int, k: int, nproc: int) -> list[dict[str, An
         None if m is None or p is None else (m - p) / n * 1000,
         "ms",
     )
-    mj = wall("js", "up", "migrunner")
+    ns = doc["meta"].get("scale_count") or 10000
+    for op in ("up", "noop", "status"):
+        add(
+            f"{ns} SQL {op}: migrunner / dbmate",
+            div(wall("scale", op, me), wall("scale", op, "dbmate")),
+            target=0.8 if op == "up" else 1.0,
+        )
+    mj = wall("js", "up", me)
     add(
         f"{n} JS: migrunner / sequelize-cli", div(mj, wall("js", "up", "sequelize-cli")), target=0.8
     )
     add(f"{n} JS: migrunner time per migration", div(mj, n / 1000), "ms")
     for w in ("forum", "sql"):
-        one, many = wall("concurrent", w, "migrunner"), wall("concurrent", w, f"migrunner x{k}")
+        one, many = wall("concurrent", w, me), wall("concurrent", w, f"{me} x{k}")
         add(f"{k} concurrent runners ({w}): all done / one alone", div(many, one), target=1.5)
         # With fewer cores than runners the batch cannot end before its CPU time has been
         # served: ~1.0 means no time lost waiting, the rest is CPU (fewer cores than pods).
-        batch_cpu = cpu("concurrent", w, f"migrunner x{k}")
+        batch_cpu = cpu("concurrent", w, f"{me} x{k}")
         floor = None if one is None or batch_cpu is None else max(one, batch_cpu / nproc)
         add(
             f"{k} concurrent runners ({w}): all done / CPU-bound floor on {nproc} cores",
             div(many, floor),
         )
         add(f"{k} concurrent runners ({w}): CPU per runner", div(batch_cpu, k), "s")
+        # the one that migrates costs what a runner alone costs; the rest only wait and find
+        # nothing to do
+        alone = cpu("concurrent", w, me)
+        add(
+            f"{k} concurrent runners ({w}): CPU per waiting runner",
+            None if batch_cpu is None or alone is None else (batch_cpu - alone) / (k - 1),
+            "s",
+        )
     for w, op, limit in [
         ("forum", "up", 128),
         ("forum", "noop", 128),
@@ -646,12 +822,24 @@ def ratios(doc: dict[str, Any], n: int, k: int, nproc: int) -> list[dict[str, An
         ("sql", "up", 64),
         ("concurrent", "sql", 64),
     ]:
-        s = stats_of(doc, w, op, "migrunner")
+        s = stats_of(doc, w, op, me)
         add(
             f"peak memory, migrunner {w} {op} (tree, worst run)",
             float(s["peak_rss_mib"]["max"]) if s else None,
             "MiB",
             float(limit),
+        )
+    for op in ("up", "noop"):
+        # largest single process (VmHWM): migrunner's python or node vs sequelize-cli's node
+        m = stats_of(doc, "forum", op, me)
+        q = stats_of(doc, "forum", op, "sequelize-cli")
+        add(
+            f"largest single process, forum {op}: migrunner / sequelize-cli (worst runs)",
+            div(
+                m and m.get("max_process_mib") and float(m["max_process_mib"]["max"]),
+                q and q.get("max_process_mib") and float(q["max_process_mib"]["max"]),
+            ),
+            target=1.0,
         )
     return out
 
@@ -703,17 +891,31 @@ def markdown(doc: dict[str, Any]) -> str:
                     f"{fmt_range(s, 'peak_rss_mib', 'MiB', 0)} | "
                     f"{s['cpu_s']['median']:.2f} | {s['runs']} |"
                 )
-    lines += ["", "| ratio (medians) | value | target | |", "|---|---|---|---|"]
+    before = {r["name"]: r for r in doc.get("ratios_before") or []}
+    if before:
+        lines += [
+            "",
+            f"| ratio (medians; before = `{BEFORE}`, after = `migrunner`) | before | after "
+            "| target | after |",
+            "|---|---|---|---|---|",
+        ]
+    else:
+        lines += ["", "| ratio (medians) | value | target | |", "|---|---|---|---|"]
     for r in doc["ratios"]:
+        was = before.get(r["name"])
         lines.append(
-            f"| {r['name']} | {fmt_value(r['value'], r['unit'])} | "
+            f"| {r['name']} | "
+            + (f"{fmt_value(was['value'], was['unit'])} | " if before and was else "")
+            + ("n/a | " if before and not was else "")
+            + f"{fmt_value(r['value'], r['unit'])} | "
             f"{'' if r['target'] is None else '≤ ' + fmt_value(r['target'], r['unit'])} | "
             f"{ {True: 'met', False: '**missed**', None: ''}[r['met']] } |"
         )
     lines += [
         "",
         f"{meta['runs']} runs per fast case and {meta['big_runs']} per {meta['count']}-migration "
-        f"case, after {meta['warmup']} warm-up run(s); {meta['concurrency']} concurrent runners.",
+        f"case, after {meta['warmup']} warm-up run(s); {meta['concurrency']} concurrent runners; "
+        f"scale: {meta.get('scale_count', 'n/a')} migrations, {meta['big_runs']} runs of `up`.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -729,9 +931,16 @@ def results_md(doc: dict[str, Any]) -> str:
         f"{m['kernel']}\n"
         f"* Versions: Python {v['python']}, node {v['node']}, PostgreSQL {v['postgresql']} "
         f"(same machine, local TCP), sequelize {v['sequelize']}, sequelize-cli "
-        f"{v['sequelize-cli']}, pg {v['pg']}, psycopg {v['psycopg']}, pglast {v['pglast']}, "
+        f"{v['sequelize-cli']}, pg {v['pg']}, dbmate {v.get('dbmate', 'n/a')}, "
+        f"psycopg {v['psycopg']}, pglast {v['pglast']}, "
         f"migrunner {v['migrunner']}\n"
-        f"* Memory: {doc['meta']['memory_method']}\n"
+        + (
+            f"* Before/after: `migrunner-before` is {doc['meta']['baseline']}, measured in the "
+            "same run, alternating with the others\n"
+            if doc["meta"].get("baseline")
+            else ""
+        )
+        + f"* Memory: {doc['meta']['memory_method']}\n"
         f"* Load average (1 min) before / after: "
         f"{' / '.join(str(x) for x in doc['meta']['loadavg_before_after'])} (a shared "
         "machine: other work running at the same time widens the spread)\n\n"
@@ -754,7 +963,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--concurrency", type=int, help="concurrent runners (default 32)")
     ap.add_argument(
         "--only",
-        help="comma-separated workloads: forum,forum-psql,sql,js,concurrent (default: all)",
+        help="comma-separated workloads: forum,forum-psql,sql,js,scale,concurrent (default: all)",
+    )
+    ap.add_argument(
+        "--scale-count", type=int, help="migrations of the scale workload (default 10000)"
     )
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per command")
     ap.add_argument("--out", type=Path, default=BENCH / "results" / "latest.json")
@@ -771,16 +983,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the migrunner executable (default: the one next to this Python, else on PATH)",
     )
     ap.add_argument(
+        "--baseline",
+        type=Path,
+        help="another migrunner build measured beside --migrunner as 'migrunner-before'",
+    )
+    ap.add_argument(
         "--render",
         action="store_true",
         help="measure nothing: rewrite the tables from the --out JSON (to --markdown)",
     )
     args = ap.parse_args(argv)
+    args.out = args.out.resolve()  # the workloads live next to it; commands run elsewhere
+    if args.markdown is not None:
+        args.markdown = args.markdown.resolve()
     quick = args.quick
     args.runs = args.runs or (1 if quick else 5)
     args.big_runs = args.big_runs or (1 if quick else 3)
     args.warmup = args.warmup if args.warmup is not None else (0 if quick else 1)
     args.count = args.count or (20 if quick else 1000)
+    args.scale_count = args.scale_count or (30 if quick else 10000)
     args.concurrency = args.concurrency or (4 if quick else 32)
     if args.markdown is None and not quick and not args.only:
         args.markdown = BENCH / "RESULTS.md"
@@ -818,6 +1039,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render:
         saved: dict[str, Any] = json.loads(args.out.read_text())
+        m = saved["meta"]  # ratios again, with this version's definitions
+        nproc = m["machine"]["nproc"] or 1
+        saved["ratios"] = ratios(saved, m["count"], m["concurrency"], nproc)
+        if any(BEFORE in tools for ops in saved["workloads"].values() for tools in ops.values()):
+            saved["ratios_before"] = ratios(saved, m["count"], m["concurrency"], nproc, BEFORE)
         print(markdown(saved))
         if args.markdown:
             args.markdown.write_text(results_md(saved))
@@ -826,6 +1052,7 @@ def main(argv: list[str] | None = None) -> int:
     only = set(args.only.split(",")) if args.only else None
     ensure_node(NODE_DIR)
     ensure_node(FORUM)
+    ensure_node(DBMATE_DIR)
     work = args.out.parent / "work"
     prepare(args, work)
     started = time.time()
@@ -841,12 +1068,16 @@ def main(argv: list[str] | None = None) -> int:
                 bench.template(f"forum-{tool}", setup)
             if forum_dump(bench, work / "forum-end-state.sql") is None:
                 (work / "forum-end-state.sql").write_text("SELECT 1/0; -- no sequelize-cli dump\n")
+        if "scale" in wanted:
+            for tool in ("migrunner", "dbmate"):
+                setup = next(c for c in groups["scale"]["up"] if c.tool == tool)
+                bench.template(f"scale-{tool}", setup)
         doc: dict[str, Any] = {"meta": {}, "workloads": {}, "ratios": []}
         for w in wanted:
-            big = w in ("sql", "js")
-            runs = args.big_runs if big else args.runs
             doc["workloads"][w] = {}
             for op, cases in groups[w].items():
+                big = w in ("sql", "js") or (w, op) == ("scale", "up")
+                runs = args.big_runs if big else args.runs
                 print(f"{w} {op}", flush=True)
                 results = bench.measure(cases, runs, args.warmup)
                 doc["workloads"][w][op] = {tool_key(r.case): result_json(r) for r in results}
@@ -858,13 +1089,19 @@ def main(argv: list[str] | None = None) -> int:
             "big_runs": args.big_runs,
             "warmup": args.warmup,
             "count": args.count,
+            "scale_count": args.scale_count,
             "concurrency": args.concurrency,
             "machine": machine(),
             "loadavg_before_after": [load_before, loadavg()],
             "versions": versions(server),
             "memory_method": MEMORY_METHOD,
+            "baseline": baseline_note(args.baseline),
         }
     doc["ratios"] = ratios(doc, args.count, args.concurrency, os.cpu_count() or 1)
+    if args.baseline:
+        doc["ratios_before"] = ratios(
+            doc, args.count, args.concurrency, os.cpu_count() or 1, BEFORE
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
     table = markdown(doc)

@@ -66,6 +66,8 @@ def analyze_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def preflight(kw: dict[str, Any], action: Callable[[Settings, Log], int]) -> Any:
     """``action``, preceded by the ``--preflight`` check when asked for."""
+    if kw.get("preflight") is None:
+        return action  # not importing runner.preflight/analyze: every pod start comes here
     from runner.preflight import with_preflight
 
     return with_preflight(kw.get("preflight"), action)

