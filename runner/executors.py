@@ -96,8 +96,6 @@ class SqlExecutor:
         self.parsed: dict[Path, SqlMigration] = {}
         self.observer: StatementObserver | None = None
         self.noticed: set[str] = set()
-        # failed once already as one message (Migrator.apply_batched): go statement by statement
-        self.unbatched: set[Path] = set()
 
     def parse(self, mig: Migration) -> SqlMigration:
         if mig.path not in self.parsed:
@@ -144,13 +142,7 @@ class SqlExecutor:
         section = self.section(mig, direction)
         result = RunResult()
         observer = self.observer
-        if (
-            observer is None
-            and transactional
-            and not dry_run
-            and len(section.statements) > 1
-            and mig.path not in self.unbatched
-        ):
+        if observer is None and transactional and not dry_run and len(section.statements) > 1:
             # One round trip for the whole section (what makes 1,000 small migrations cheap).
             # On failure, roll back to the savepoint and replay statement by statement to name
             # the failing statement and its line; a transient failure that does not recur in

@@ -12,7 +12,7 @@ belongs to, so two apps sharing a database keep separate histories. sequelize-cl
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -146,45 +146,6 @@ END $migrunner$"""
                 (*values, *lock),
             )
         return cur.rowcount == 1
-
-    def record_sql(
-        self,
-        entry: Entry,
-        who: Identity,
-        lock: tuple[int, int, int],
-        literal: Callable[[object], str],
-    ) -> str:
-        """:meth:`record` with the lock check, as statements with every value quoted, for a
-        migration sent to the server in one message. The times are the server's:
-        ``started_at`` is the message's arrival (``statement_timestamp()``), ``duration_ms``
-        runs to this statement. A lost lock does not silently skip the row: it divides by
-        zero (22012), which aborts the whole message, so nothing commits."""
-        values = ", ".join(
-            literal(v)
-            for v in (
-                self.storage,
-                entry.name,
-                entry.direction,
-                entry.outcome,
-                entry.checksum,
-                entry.transactional,
-                entry.attempts,
-                entry.note,
-                entry.error,
-            )
-        )
-        who_values = ", ".join(literal(v) for v in (who.host, who.pod_ref, who.version))
-        pid, classid, objid = (int(x) for x in lock)
-        return (
-            f"SELECT 1 / (SELECT count(*)::int FROM pg_locks WHERE pid = {pid} "
-            f"AND locktype = 'advisory' AND granted AND classid = {classid}::oid "
-            f"AND objid = {objid}::oid AND objsubid = 1);\n"
-            f"INSERT INTO {self.ref} (storage_table, name, direction, outcome, checksum, "
-            "transactional, attempts, note, error, started_at, duration_ms, runner_host, "
-            f"runner_pod, runner_version) VALUES ({values}, statement_timestamp(), "
-            "extract(epoch FROM clock_timestamp() - statement_timestamp()) * 1000, "
-            f"{who_values})"
-        )
 
     def applied_checksums(self, conn: psycopg.Connection) -> dict[str, str]:
         """name → checksum of the latest successful ``up`` (for drift detection)."""

@@ -263,6 +263,8 @@ class Migrator:
         owned: Executors | None = None  # booted early here, closed here
         quick = self.quick_state() if executors is None else None
         if quick is not None:  # every pod start: answered without psycopg, the lock or node
+            # fixed now, as read_state() would: the lock key below is derived from it
+            self.resolve_schema(quick.schema)
             plan = plan_up(src.migrations, quick.applied, to, from_=from_, name=name)
             if not plan:
                 prehash.wait()

@@ -33,6 +33,7 @@ class QuickState(NamedTuple):
     checksums: dict[str, str]
     meta_exists: bool
     busy: bool  # the migration lock is held, or another migrunner session is connected
+    schema: str  # the storage schema, resolved as the ordinary path resolves it
 
 
 _lib: Any = None
@@ -220,7 +221,7 @@ def read_state(
             return None  # the ordinary path says why (no schema to keep SequelizeMeta in)
         applied_sql, checksums_sql = queries(resolved)
         if meta_exists != "t":
-            return QuickState((), {}, False, busy == "t")
+            return QuickState((), {}, False, busy == "t", resolved)
         # one value per list: a ctypes call per row and column would cost more than psycopg
         names = f"SELECT coalesce(json_agg(s.name ORDER BY s.name), '[]') FROM ({applied_sql}) s"
         sums = "'{}'"
@@ -238,7 +239,7 @@ def read_state(
         checksums = json.loads(sums_json or "{}") if applied else {}
         if not all(isinstance(n, str) for n in applied) or not isinstance(checksums, dict):
             return None
-        return QuickState(applied, checksums, True, busy == "t")
+        return QuickState(applied, checksums, True, busy == "t", resolved)
     except (LookupError, UnicodeDecodeError, ValueError):
         return None
     finally:

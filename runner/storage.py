@@ -81,18 +81,5 @@ class MetaTable:
         else:
             conn.execute(f'INSERT INTO {self.ref} ("name") VALUES (%s)', (name,))
 
-    def log_sql(self, name_literal: str, with_timestamps: bool) -> str:
-        """:meth:`log` as one statement with the name already quoted (a migration sent to the
-        server in a single message)."""
-        if with_timestamps:
-            return (
-                f'INSERT INTO {self.ref} ("name", "createdAt", "updatedAt") '
-                f"VALUES ({name_literal}, now(), now())"
-            )
-        return f'INSERT INTO {self.ref} ("name") VALUES ({name_literal})'
-
-    def unlog_sql(self, name_literal: str) -> str:
-        return f'DELETE FROM {self.ref} WHERE "name" = {name_literal}'
-
     def unlog(self, conn: psycopg.Connection, name: str) -> None:
         conn.execute(f'DELETE FROM {self.ref} WHERE "name" = %s', (name,))
