@@ -345,7 +345,8 @@ class Migrator:
     def announce(self, src: Source, state: State, plan: Plan) -> None:
         """The line before a run: where (never a password), which folder, how much to do."""
         todo = "pending" if plan.direction == "up" else "to revert"
-        table = "" if self.meta.name == "SequelizeMeta" else f", table {self.meta.name}"
+        default = self.meta.name in ("SequelizeMeta", "public.SequelizeMeta")
+        table = "" if default else f", table {self.meta.name}"
         try:
             folder = str(src.folder.relative_to(Path.cwd()))
         except ValueError:
@@ -477,9 +478,15 @@ class Migrator:
             started = datetime.now(UTC)
             t0 = time.perf_counter()
             try:
-                conn.execute(
-                    self.session_setup(mig.name, transactional, durable, isolation).encode()
-                )
+                setup = self.session_setup(mig.name, transactional, durable, isolation)
+                if isolation is not None:
+                    # The reset's DISCARD/UNLISTEN take a snapshot, and statements before a
+                    # BEGIN in one message join its transaction: the level would come too
+                    # late. Two round trips, only for this rare re-run.
+                    reset, begin, rest = setup.partition("BEGIN ISOLATION LEVEL")
+                    conn.execute(reset.rstrip("; ").encode())
+                    setup = begin + rest
+                conn.execute(setup.encode())
                 with (
                     time_limit(self.settings.migration_timeout),
                     session_watch(conn, enabled=mig.kind == "js"),
@@ -730,6 +737,9 @@ class Migrator:
                     app.encode()[:63].decode("utf-8", "ignore"),
                 )
         except MigrationFailed as err:
+            rollback(conn)  # finds out whether the lock's session is still there
+            if conn.closed or conn.broken:  # node was stopped because the lock went with it
+                raise self.lock_lost(mig, direction, False, started, t0, err) from None
             failed = MigrationFailed(
                 f"{err.message} — in pool mode (not atomic): what it did before failing stays, "
                 "as under sequelize-cli",

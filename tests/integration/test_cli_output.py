@@ -174,7 +174,8 @@ def test_json_log_iso_timestamps_integer_durations_plain_storage(
     durations = [rec["duration_ms"] for rec in records if "duration_ms" in rec]
     assert len(durations) >= len(NAMES) and all(type(d) is int for d in durations)
     first = records[0]
-    assert first["pending"] == len(NAMES) and first["storage"] == "SequelizeMeta"
+    # the storage schema is resolved once at start (current_schema()), so it is always named
+    assert first["pending"] == len(NAMES) and first["storage"] == "public.SequelizeMeta"
     done = [rec for rec in records if rec["msg"].endswith(")") and "index" in rec]
     assert [(rec["index"], rec["total"]) for rec in done] == [
         (i, len(NAMES)) for i in range(1, len(NAMES) + 1)
