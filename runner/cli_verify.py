@@ -95,7 +95,16 @@ def verify_cmd(strict: bool, as_json: bool, **kw: Any) -> None:
     before its up(), apply all again. Without --url: a throwaway embedded PostgreSQL.
 
     Exit 0 when the round trip holds, 9 when it does not."""
-    embedded = not (kw.get("url") or kw.get("direct_url") or kw.get("config"))
+    # Only the command line names verify's database: --url and --direct-url also read
+    # DATABASE_URL / MIGRUNNER_DIRECT_URL (click's envvar), which point at a real target here.
+    ctx = click.get_current_context()
+    named = [
+        k
+        for k in ("url", "direct_url", "config")
+        if kw.get(k) and ctx.get_parameter_source(k) is click.core.ParameterSource.COMMANDLINE
+    ]
+    embedded = not named
     if embedded:
+        kw["direct_url"] = None
         kw["url"] = _EMBEDDED_PLACEHOLDER
     run(kw, do_verify(strict, as_json, embedded), document=as_json)

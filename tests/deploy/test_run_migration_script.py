@@ -252,7 +252,12 @@ def test_success_follows_logs_and_prints_status_from_a_pod_copy(kubectl: Kubectl
 
 @pytest.mark.parametrize(
     ("code", "meaning"),
-    [(1, "a migration failed"), (4, "lock timeout"), (5, "database unreachable"), (6, "drift")],
+    [
+        (1, "a migration failed"),
+        (4, "migration lock: another runner held it too long, or this runner lost it"),
+        (5, "database unreachable"),
+        (6, "drift"),
+    ],
 )
 def test_failure_exits_with_migrunners_code(kubectl: Kubectl, code: int, meaning: str) -> None:
     kubectl.set(outcome="Failed", exit_code=code)
