@@ -35,7 +35,11 @@ _node_from_the_extra()
 def pg_server() -> Iterator[str]:
     """URL of a PostgreSQL server's maintenance database (``postgres``)."""
     with server_url() as url:
-        yield url
+        try:
+            yield url
+        finally:
+            # the background drops need the server: an embedded one stops when this returns
+            finish_drops()
 
 
 @pytest.fixture
