@@ -22,6 +22,7 @@ import pytest
 
 from runner.lock import lock_key
 from tests.conftest import FIXTURES, ROOT, cli_env, run_cli
+from tests.support.cluster import private_cluster
 from tests.support.state import meta_rows, snapshot
 
 EXAMPLE = FIXTURES / "example" / "migrations"
@@ -556,86 +557,70 @@ def test_insufficient_privileges(
     assert after.schema == before.schema and after.meta == before.meta
 
 
-def hba_file(pg_server: str) -> Path | None:
-    """pg_hba.conf of the local server, when these tests may edit it (root, local cluster)."""
-    if os.environ.get("MIGRUNNER_TEST_DATABASE_URL") or os.geteuid() != 0:
-        return None
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        row = conn.execute("SHOW hba_file").fetchone()
-    path = Path(row[0]) if row else None
-    return path if path and path.exists() and os.access(path, os.W_OK) else None
-
-
-def test_wrong_password_and_special_characters(pg_server: str, db_url: str, tmp_path: Path) -> None:
-    """The local server trusts 127.0.0.1; for this test one role must authenticate by password
-    (scram), so the test adds a pg_hba line for that role only and removes it afterwards."""
-    hba = hba_file(pg_server)
-    if hba is None:
-        pytest.skip("needs a local server whose pg_hba.conf this (root) process may edit")
-    role = f"mr_pw_{os.getpid()}"
+def test_wrong_password_and_special_characters(tmp_path: Path) -> None:
+    """One role must authenticate by password (scram): a private cluster whose pg_hba.conf
+    asks it for one (the shared server is never reconfigured)."""
+    role = "mr_pw_role"
     secret = "pä$$ w0rd:@/?#%'\"x"
-    original = hba.read_text()
-    with psycopg.connect(pg_server, autocommit=True) as admin:
-        admin.execute(f'DROP ROLE IF EXISTS "{role}"')
-        admin.execute("SET password_encryption = 'scram-sha-256'")
-        admin.execute(
-            psycopg.sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-                psycopg.sql.Identifier(role), psycopg.sql.Literal(secret)
-            )
+
+    def hba(base: Path) -> None:
+        (base / "pg_hba.conf").write_text(
+            f"local all all trust\nhost all {role} 127.0.0.1/32 scram-sha-256\n"
+            "host all all 127.0.0.1/32 trust\n"
         )
-        admin.execute(f'GRANT ALL ON DATABASE "{db_url.rsplit("/", 1)[1]}" TO "{role}"')
-        try:
-            hba.write_text(f"host all {role} 127.0.0.1/32 scram-sha-256\n" + original)
-            admin.execute("SELECT pg_reload_conf()")
-            folder = tmp_path / "m"
-            folder.mkdir()
-            (folder / "001-x.sql").write_text(sql("SELECT 1;"))
-            parts = {
-                "DB_HOST": "127.0.0.1",
-                "DB_PORT": str(psycopg.conninfo.conninfo_to_dict(db_url).get("port") or 5432),
-                "DB_NAME": db_url.rsplit("/", 1)[1],
-                "DB_USER": role,
-            }
-            bad = run_cli(
-                "status",
-                "--migrations-path",
-                str(folder),
-                env={**parts, "DB_PASSWORD": secret + "-wrong"},
+
+    with private_cluster(conf={"hba_file": "'{base}/pg_hba.conf'"}, prepare=hba) as cluster:
+        db_url = cluster.url.rsplit("/", 1)[0] + "/pwtest"
+        with psycopg.connect(cluster.url, autocommit=True) as admin:
+            admin.execute("SET password_encryption = 'scram-sha-256'")
+            admin.execute(
+                psycopg.sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                    psycopg.sql.Identifier(role), psycopg.sql.Literal(secret)
+                )
             )
-            assert bad.returncode == 2, bad.stderr
-            (line,) = [x for x in bad.stderr.splitlines() if x.startswith("error:")]
-            assert "password authentication failed" in line
-            assert "(credentials from: DB_USER/DB_PASSWORD)" in line
-            assert secret not in bad.stdout + bad.stderr
-            # No password at all is the same mistake: same exit code, the hint says where
-            # libpq looked; waiting (--wait) cannot fix it, so it is not retried.
-            nopass = {**parts, "HOME": str(tmp_path), "PGPASSWORD": ""}
-            missing = run_cli("status", "--wait", "--migrations-path", str(folder), env=nopass)
-            assert missing.returncode == 2, missing.stderr
-            (line,) = [x for x in missing.stderr.splitlines() if x.startswith("error:")]
-            assert "no password supplied" in line
-            assert (
-                "(credentials from: no password in DB_* environment, PGPASSWORD or ~/.pgpass)"
-                in line
-            )
-            assert "waiting for the database" not in missing.stdout
-            from_pg = run_cli(
-                "status",
-                "--migrations-path",
-                str(folder),
-                env={**nopass, "PGPASSWORD": secret + "-wrong"},
-            )
-            assert from_pg.returncode == 2, from_pg.stderr
-            assert "(credentials from: PGPASSWORD)" in from_pg.stderr
-            assert secret not in from_pg.stdout + from_pg.stderr
-            good = run_cli(
-                "status", "--migrations-path", str(folder), env={**parts, "DB_PASSWORD": secret}
-            )
-            assert good.returncode == 0, good.stderr
-            assert "down 001-x.sql" in good.stdout and secret not in good.stdout + good.stderr
-        finally:
-            hba.write_text(original)
-            admin.execute("SELECT pg_reload_conf()")
-            with psycopg.connect(db_url, autocommit=True) as conn:
-                conn.execute(f'DROP OWNED BY "{role}"')
-            admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+            admin.execute(f'CREATE DATABASE pwtest OWNER "{role}"')
+        folder = tmp_path / "m"
+        folder.mkdir()
+        (folder / "001-x.sql").write_text(sql("SELECT 1;"))
+        parts = {
+            "DB_HOST": "127.0.0.1",
+            "DB_PORT": str(psycopg.conninfo.conninfo_to_dict(db_url).get("port") or 5432),
+            "DB_NAME": db_url.rsplit("/", 1)[1],
+            "DB_USER": role,
+        }
+        bad = run_cli(
+            "status",
+            "--migrations-path",
+            str(folder),
+            env={**parts, "DB_PASSWORD": secret + "-wrong"},
+        )
+        assert bad.returncode == 2, bad.stderr
+        (line,) = [x for x in bad.stderr.splitlines() if x.startswith("error:")]
+        assert "password authentication failed" in line
+        assert "(credentials from: DB_USER/DB_PASSWORD)" in line
+        assert secret not in bad.stdout + bad.stderr
+        # No password at all is the same mistake: same exit code, the hint says where
+        # libpq looked; waiting (--wait) cannot fix it, so it is not retried.
+        nopass = {**parts, "HOME": str(tmp_path), "PGPASSWORD": ""}
+        missing = run_cli("status", "--wait", "--migrations-path", str(folder), env=nopass)
+        assert missing.returncode == 2, missing.stderr
+        (line,) = [x for x in missing.stderr.splitlines() if x.startswith("error:")]
+        assert "no password supplied" in line
+        assert (
+            "(credentials from: no password in DB_* environment, PGPASSWORD or ~/.pgpass)" in line
+        )
+        assert "waiting for the database" not in missing.stdout
+        from_pg = run_cli(
+            "status",
+            "--migrations-path",
+            str(folder),
+            env={**nopass, "PGPASSWORD": secret + "-wrong"},
+        )
+        assert from_pg.returncode == 2, from_pg.stderr
+        assert "(credentials from: PGPASSWORD)" in from_pg.stderr
+        assert secret not in from_pg.stdout + from_pg.stderr
+        good = run_cli(
+            "status", "--migrations-path", str(folder), env={**parts, "DB_PASSWORD": secret}
+        )
+        assert good.returncode == 0, good.stderr
+        assert "down 001-x.sql" in good.stdout and secret not in good.stdout + good.stderr
