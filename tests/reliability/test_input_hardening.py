@@ -138,7 +138,8 @@ def test_no_exit_2_once_migrations_ran(db_url: str, tmp_path: Path) -> None:
     fake.mkdir()
     (fake / "node").write_text("#!/bin/sh\necho 'node: cannot start' >&2\nexit 1\n")
     (fake / "node").chmod(0o755)
-    env = {"PATH": f"{fake}:{os.environ['PATH']}"}
+    # named explicitly: with the [node] extra installed a broken node on PATH is passed over
+    env = {"PATH": f"{fake}:{os.environ['PATH']}", "MIGRUNNER_NODE": str(fake / "node")}
     r = run_cli("up", "--url", db_url, "--migrations-path", str(folder), env=env)
     assert r.returncode == 1, r.stderr
     line = one_error(r.stderr)
