@@ -18,15 +18,9 @@ A migration can opt out of the runner's transaction (sequelize-cli semantics, e.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
-import selectors
-import socket
-import subprocess
-import time
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -42,7 +36,15 @@ from migrations_compat.bridge_exec import (
     StatementError,
     StatementExecutor,
 )
+from migrations_compat.bridge_launch import (
+    SHIM_DIR,
+    BridgeLaunch,
+    ResolvedPackages,
+    bridge_launch,
+    resolve_packages,
+)
 from migrations_compat.bridge_sql import LABEL_INTROSPECTION, analyze, first_line
+from migrations_compat.node_process import BRIDGE_NODE_ARGS, NodeGone, NodeProcess
 from runner.errors import (
     AtomicModeUnavailable,
     ConfigError,
@@ -52,7 +54,6 @@ from runner.errors import (
 )
 from runner.log import Log
 
-SHIM_DIR = Path(__file__).resolve().parent / "shim"
 BRIDGE_JS = SHIM_DIR / "bridge.js"
 #: The sequelize release the bridge is built and tested against (pinned in shim/package.json).
 SUPPORTED_SEQUELIZE_MAJOR = 6
@@ -69,6 +70,8 @@ NOT_REHEARSED_OWN_CONNECTION = (
     "not rehearsed: opens its own database connection (read-only during a dry run, and it "
     "cannot see the rehearsal's changes)"
 )
+#: Why a JS migration runs in pool mode when its module says so.
+DECLARES_NO_TRANSACTION = "it declares useTransaction: false"
 _CONNECTION_KEYS = frozenset(
     {"host", "port", "username", "password", "database", "url", "use_env_variable", "replication"}
 )
@@ -92,7 +95,7 @@ class BridgeOptions:
     sequelize_options: Mapping[str, Any] = field(default_factory=dict)
     env: Mapping[str, str] | None = None
     node: str = "node"
-    node_args: Sequence[str] = ("--max-semi-space-size=1",)
+    node_args: Sequence[str] = BRIDGE_NODE_ARGS
     #: lock_timeout (seconds) for connections a migration opens itself through the real pg
     #: (PGOPTIONS, unless already set). Such a connection waiting for a lock held by the
     #: runner's open transaction would otherwise wait forever; None disables.
@@ -114,253 +117,6 @@ class BridgeOutcome:
     warnings: list[str] = field(default_factory=list)
     #: Dry run: why the migration could not be rehearsed faithfully (None: it was).
     not_rehearsed: str | None = None
-
-
-@dataclass(frozen=True)
-class ResolvedPackages:
-    sequelize_dir: Path
-    pg_dir: Path
-    from_app: bool
-
-
-def _find_package(name: str, starts: Iterable[Path], exclude: Path | None) -> Path | None:
-    """``<dir>/node_modules/<name>`` for the nearest dir walking up from each start, like node."""
-    for start in starts:
-        for directory in (start, *start.parents):
-            if directory.name == "node_modules":
-                continue
-            candidate = directory / "node_modules" / name
-            if not (candidate / "package.json").is_file():
-                continue
-            if exclude is not None and candidate.resolve().is_relative_to(exclude):
-                continue
-            return candidate.resolve()
-    return None
-
-
-def resolve_packages(search_dirs: Sequence[Path | str]) -> ResolvedPackages:
-    """The app's own sequelize and pg when it has them, else the shim's pinned copies.
-
-    A second copy of sequelize silently changes defaults, so the app's always wins.
-    """
-    starts = [Path(d).resolve() for d in search_dirs]
-    shim_modules = (SHIM_DIR / "node_modules").resolve()
-    seq = _find_package("sequelize", starts, exclude=shim_modules)
-    from_app = seq is not None
-    if seq is None:
-        seq = _find_package("sequelize", [SHIM_DIR], exclude=None)
-    if seq is None:
-        raise ConfigError(
-            "sequelize not found: the app has no node_modules/sequelize (searched upwards from "
-            + ", ".join(str(s) for s in starts)
-            + ") and migrunner's shim is not installed (run: npm ci --prefix "
-            + str(SHIM_DIR)
-            + ")"
-        )
-    pg = _find_package("pg", starts, exclude=shim_modules) if from_app else None
-    if pg is None and from_app:
-        pg = _find_package("pg", [seq], exclude=shim_modules)
-    if pg is None:
-        pg = _find_package("pg", [SHIM_DIR], exclude=None)
-    if pg is None:
-        raise ConfigError(f"pg not found; run: npm ci --prefix {SHIM_DIR}")
-    return ResolvedPackages(seq, pg, from_app)
-
-
-class _NodeGone(Exception):
-    """The node process closed the protocol socket (it exited or crashed)."""
-
-
-class _NodeProcess:
-    """The node child: a socketpair for the protocol, pipes for what migrations print.
-
-    All I/O is multiplexed in one thread, so reading a big reply can never deadlock against
-    node blocking on a full stdout pipe, and printed lines reach the log in order.
-    """
-
-    def __init__(
-        self,
-        script: list[str],
-        args: list[str],
-        env: Mapping[str, str],
-        on_output: Callable[[str, str], None],
-    ) -> None:
-        parent, child = socket.socketpair()
-        try:
-            self.proc = subprocess.Popen(
-                [*script, str(child.fileno()), *args],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                pass_fds=(child.fileno(),),
-                env=dict(env),
-            )
-        except BaseException:
-            parent.close()
-            raise
-        finally:
-            child.close()
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        self.sock = parent
-        self.sock.setblocking(False)
-        self._on_output = on_output
-        self._sel = selectors.DefaultSelector()
-        self._sel.register(self.sock, selectors.EVENT_READ, "proto")
-        self._streams: dict[str, Any] = {"stdout": self.proc.stdout, "stderr": self.proc.stderr}
-        for name, stream in self._streams.items():
-            os.set_blocking(stream.fileno(), False)
-            self._sel.register(stream, selectors.EVENT_READ, name)
-        self._inbuf = bytearray()
-        self._inbox: deque[dict[str, Any]] = deque()
-        self._outbuf = bytearray()
-        self._partial = {"stdout": b"", "stderr": b""}
-        self.stderr_tail: deque[str] = deque(maxlen=_STDERR_TAIL)
-        self._eof = False
-
-    def send(self, msg: Mapping[str, Any]) -> None:
-        data = json.dumps(msg, ensure_ascii=False, separators=(",", ":"), default=str)
-        self._outbuf += data.encode("utf-8") + b"\n"
-        self._pump(lambda: not self._outbuf)
-
-    def recv(self, timeout: float | None = None) -> dict[str, Any]:
-        self._pump(lambda: bool(self._inbox), timeout)
-        if not self._inbox:
-            raise TimeoutError
-        return self._inbox.popleft()
-
-    def pending(self) -> list[dict[str, Any]]:
-        """Messages already received and not yet consumed."""
-        out = list(self._inbox)
-        self._inbox.clear()
-        return out
-
-    def drain_output(self) -> None:
-        """Forward whatever node has printed so far (console.log to a pipe is synchronous)."""
-        self._quiet_socket()
-        while True:
-            events = self._sel.select(0)
-            if not events:
-                return
-            self._dispatch(events)
-
-    def _pump(self, done: Callable[[], bool], timeout: float | None = None) -> None:
-        while not done():
-            if self._eof:
-                raise _NodeGone
-            want = selectors.EVENT_READ | (selectors.EVENT_WRITE if self._outbuf else 0)
-            self._sel.modify(self.sock, want, "proto")
-            events = self._sel.select(timeout)
-            if not events and timeout is not None:
-                return
-            self._dispatch(events)
-
-    def _quiet_socket(self) -> None:
-        """Stop waiting for the socket to become writable (it nearly always is)."""
-        if not self._eof:
-            self._sel.modify(self.sock, selectors.EVENT_READ, "proto")
-
-    def _dispatch(self, events: list[tuple[selectors.SelectorKey, int]]) -> None:
-        for key, mask in events:
-            if key.data == "proto":
-                self._on_socket(mask)
-            else:
-                self._on_stream(key.data)
-
-    def _on_socket(self, mask: int) -> None:
-        if mask & selectors.EVENT_WRITE and self._outbuf:
-            try:
-                sent = self.sock.send(self._outbuf)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
-                self._mark_eof()
-                return
-            del self._outbuf[:sent]
-        if mask & selectors.EVENT_READ:
-            try:
-                data = self.sock.recv(1 << 16)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                data = b""
-            if not data:
-                self._mark_eof()
-                return
-            start = len(self._inbuf)  # scan only new data: big messages stay linear
-            self._inbuf += data
-            while (nl := self._inbuf.find(b"\n", start)) >= 0:
-                line = bytes(self._inbuf[:nl])
-                del self._inbuf[: nl + 1]
-                start = 0
-                if line:
-                    self._inbox.append(json.loads(line))
-
-    def _mark_eof(self) -> None:
-        self._eof = True
-        self._outbuf.clear()
-        self._sel.unregister(self.sock)
-
-    def _on_stream(self, name: str) -> None:
-        stream = self._streams[name]
-        try:
-            data = os.read(stream.fileno(), 1 << 16)
-        except BlockingIOError:
-            return
-        if not data:
-            self._sel.unregister(stream)
-            rest = self._partial[name]
-            self._partial[name] = b""
-            if rest:
-                self._emit(name, rest)
-            return
-        buf = self._partial[name] + data
-        *lines, self._partial[name] = buf.split(b"\n")
-        for line in lines:
-            self._emit(name, line)
-
-    def _emit(self, name: str, raw: bytes) -> None:
-        line = raw.decode("utf-8", "replace").rstrip("\r")
-        if name == "stderr":
-            self.stderr_tail.append(line)
-        self._on_output(name, line)
-
-    def finish_output(self, timeout: float) -> None:
-        """After node is gone: read its remaining output to EOF (for the stderr tail)."""
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._quiet_socket()
-        deadline = time.monotonic() + _STOP_TIMEOUT
-        # A grandchild may keep the pipes open: stop at the deadline rather than at EOF.
-        while any(key.data != "proto" for key in self._sel.get_map().values()):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            self._dispatch(self._sel.select(remaining))
-
-    def stop(self) -> list[dict[str, Any]]:
-        """Close the protocol socket (node exits on EOF); returns messages it sent last."""
-        leftover = self.pending()
-        if not self._eof:
-            try:
-                self.sock.shutdown(socket.SHUT_WR)
-                while True:
-                    leftover.append(self.recv(_STOP_TIMEOUT))
-            except (_NodeGone, TimeoutError, OSError):
-                pass
-        try:
-            self.proc.wait(_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.finish_output(0)
-        self._sel.close()
-        self.sock.close()
-        for stream in self._streams.values():
-            stream.close()
-        return leftover
 
 
 class _Secrets:
@@ -411,12 +167,14 @@ class NodeBridge:
         self.sequelize_path = ""
         env = os.environ if options.env is None else options.env
         self._secrets = _Secrets(env)
-        self._node: _NodeProcess | None = None
+        self._node: NodeProcess | None = None
         self._ready = False
         self._next_id = 0
         self._current: str | None = None
         self._late: list[dict[str, Any]] = []
         self._dry = False
+        #: useTransaction exports node reported (by 'meta', or with a run): no second asking
+        self._declared: dict[Path, bool | None] = {}
 
     @property
     def node_pid(self) -> int | None:
@@ -437,7 +195,7 @@ class NodeBridge:
             return
         self._dry = True
         if self._node is not None:
-            with contextlib.suppress(_NodeGone):
+            with contextlib.suppress(NodeGone):
                 self._node.send({"t": "init", "dry": True})
 
     def close(self) -> None:
@@ -464,34 +222,14 @@ class NodeBridge:
     ) -> None:
         self.close()
 
-    def _spawn(self) -> _NodeProcess:
-        packages = resolve_packages(self.options.search_dirs)
-        env = dict(os.environ if self.options.env is None else self.options.env)
-        # A migration's own require('sequelize') must find the copy the bridge uses, also when
-        # only the shim has one; NODE_PATH is searched after the app's node_modules.
-        node_path = [str(packages.sequelize_dir.parent)]
-        if env.get("NODE_PATH"):
-            node_path.append(env["NODE_PATH"])
-        env["NODE_PATH"] = os.pathsep.join(node_path)
-        timeout = self.options.own_connection_lock_timeout
-        if timeout and "PGOPTIONS" not in env:
-            env["PGOPTIONS"] = f"-c lock_timeout={max(1, int(timeout * 1000))}"
+    def _spawn(self) -> NodeProcess:
+        launch = bridge_launch(self.options.search_dirs, self.options.own_connection_lock_timeout)
+        self._node = self._adopt(launch) or self._start_node(launch)
         options = {
             k: v for k, v in self.options.sequelize_options.items() if k not in _CONNECTION_KEYS
         }
-        try:
-            self._node = _NodeProcess(
-                [self.options.node, *self.options.node_args, str(BRIDGE_JS)],
-                [str(packages.sequelize_dir), str(packages.pg_dir)],
-                env,
-                self._forward,
-            )
-        except FileNotFoundError as exc:
-            raise ConfigError(
-                f"node not found ({self.options.node!r}): JS migrations need Node.js"
-            ) from exc
         # Options travel on the socket, not in argv where any local user's ps could read them.
-        with contextlib.suppress(_NodeGone):  # reported with node's stderr by _started()
+        with contextlib.suppress(NodeGone):  # reported with node's stderr by _started()
             floating = {
                 "strict": self.options.strict_await,
                 "settleMs": max(1, int(self.options.settle_timeout * 1000)),
@@ -501,13 +239,40 @@ class NodeBridge:
             )
         return self._node
 
-    def _started(self) -> _NodeProcess:
+    def _adopt(self, launch: BridgeLaunch) -> NodeProcess | None:
+        """The run's node session (it evaluated the config, and may be loading sequelize
+        already: :mod:`migrations_compat.node_session`) when it is the node this bridge would
+        start, with the same flags and environment."""
+        if self.options.env is not None or tuple(self.options.node_args) != BRIDGE_NODE_ARGS:
+            return None
+        from migrations_compat.node_session import claim_bridge
+
+        node = claim_bridge(self.options.node, launch, os.environ)
+        if node is not None:
+            node.on_output = self._forward
+        return node
+
+    def _start_node(self, launch: BridgeLaunch) -> NodeProcess:
+        env = launch.env(os.environ if self.options.env is None else self.options.env)
+        try:
+            return NodeProcess(
+                [self.options.node, *self.options.node_args, str(BRIDGE_JS)],
+                [str(launch.sequelize_dir), str(launch.pg_dir)],
+                env,
+                self._forward,
+            )
+        except FileNotFoundError as exc:
+            raise ConfigError(
+                f"node not found ({self.options.node!r}): JS migrations need Node.js"
+            ) from exc
+
+    def _started(self) -> NodeProcess:
         node = self._node or self._spawn()
         if self._ready:
             return node
         try:
             msg = node.recv(_STARTUP_TIMEOUT)
-        except (_NodeGone, TimeoutError) as exc:
+        except (NodeGone, TimeoutError) as exc:
             tail = self._tail(node, exc)
             self.close()
             raise ConfigError(f"the node bridge failed to start: {tail}") from None
@@ -538,6 +303,8 @@ class NodeBridge:
         None when it does not declare one. Loads the module (and so may start node).
         """
         path = Path(path).resolve()
+        if path in self._declared:
+            return self._declared[path]
         node = self._started()
         self._next_id += 1
         request_id = self._next_id
@@ -548,7 +315,7 @@ class NodeBridge:
                 if msg.get("t") == "meta" and msg.get("id") == request_id:
                     break
                 self._stray(node, msg)
-        except _NodeGone as exc:
+        except NodeGone as exc:
             tail = self._tail(node, exc)
             self.close()
             raise MigrationFailed(
@@ -560,7 +327,13 @@ class NodeBridge:
         if msg.get("err"):
             raise MigrationFailed(self._js_failure(path.name, None, msg["err"], path))
         flag = msg.get("useTransaction")
-        return None if flag is None else bool(flag)
+        self._declared[path] = None if flag is None else bool(flag)
+        return self._declared[path]
+
+    def known_transaction(self, path: Path | str) -> bool | None:
+        """The ``useTransaction`` export when node already reported it, else None (a
+        transactional :meth:`run` then checks it itself: one round trip instead of two)."""
+        return self._declared.get(Path(path).resolve())
 
     def run(
         self,
@@ -611,6 +384,8 @@ class NodeBridge:
                     "sv": conn.info.parameter_status("server_version") or "",
                     "dbv": _semver(conn.info.server_version),
                     "dry": dry_run,
+                    # not yet known: node runs nothing if it declares useTransaction: false
+                    "chk": transactional and not dry_run and path not in self._declared,
                 }
             )
             while True:
@@ -634,17 +409,23 @@ class NodeBridge:
                 else:
                     self._stray(node, msg)
             node.drain_output()
+            if "uf" in msg:
+                self._declared[path] = None if msg["uf"] is None else bool(msg["uf"])
+            if msg.get("skip"):  # nothing ran; the migrator re-runs it outside a transaction
+                raise AtomicModeUnavailable(DECLARES_NO_TRANSACTION)
             if dry_run and msg.get("own"):
                 return self._not_rehearsed(conn, executor, msg, name)
             problem = executor.finish()
             if dry_run:
                 conn.execute(f"RELEASE SAVEPOINT {_REHEARSAL}", prepare=False)
-        except _NodeGone as exc:
+        except NodeGone as exc:
             tail = self._tail(node, exc)
             self.close()
             raise MigrationFailed(
                 f"{_where(name, direction, path, None)}: node exited: {tail}"
             ) from None
+        except AtomicModeUnavailable:
+            raise
         except BaseException:
             # Lost connection, interrupt, protocol error: node's state is unknown; a later run
             # starts a fresh one.
@@ -670,7 +451,7 @@ class NodeBridge:
         if not msg.get("ok"):
             err = msg.get("err") or {}
             sqlstate = err.get("code") or None
-            text = self._js_failure(name, direction, err, path)
+            text = self._js_failure(name, None if msg.get("lf") else direction, err, path)
             if err.get("sql") is not None and str(err["sql"]) in {*floating, *running}:
                 text += " (not awaited)"
             if err.get("external") and sqlstate == "55P03":
@@ -785,7 +566,7 @@ class NodeBridge:
         if not in_transaction and status != pq.TransactionStatus.IDLE:
             raise MigrunnerError("non-transactional bridge run inside a transaction")
 
-    def _stray(self, node: _NodeProcess, msg: Mapping[str, Any]) -> None:
+    def _stray(self, node: NodeProcess, msg: Mapping[str, Any]) -> None:
         """A message that belongs to no current request."""
         if msg.get("t") == "late":
             self._late.append(dict(msg))
@@ -798,7 +579,7 @@ class NodeBridge:
         tag = self._current or "node"
         self.log.info(f"[{tag}] {self._secrets.redact(line)}", migration=tag, stream=stream)
 
-    def _tail(self, node: _NodeProcess, exc: BaseException) -> str:
+    def _tail(self, node: NodeProcess, exc: BaseException) -> str:
         if isinstance(exc, TimeoutError):
             return f"no answer within {_STARTUP_TIMEOUT:.0f}s"
         node.finish_output(_STOP_TIMEOUT)
@@ -870,7 +651,7 @@ def _one_line(sql: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _row_sender(node: _NodeProcess, query_id: Any) -> RowSink:
+def _row_sender(node: NodeProcess, query_id: Any) -> RowSink:
     """Where the chunks of a large result of query ``query_id`` go: straight to node."""
 
     def send(chunk: dict[str, Any]) -> None:

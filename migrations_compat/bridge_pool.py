@@ -83,7 +83,8 @@ def run_in_pool(
 
     ``conn`` is the runner's own (idle) connection, read for the server version only.
     """
-    from migrations_compat.bridge import _NodeGone, _semver
+    from migrations_compat.bridge import _semver
+    from migrations_compat.node_process import NodeGone
 
     name = path.name
     bridge._secrets.add(connection.get("password"))
@@ -108,7 +109,7 @@ def run_in_pool(
                 break
             bridge._stray(node, msg)
         node.drain_output()
-    except _NodeGone as exc:
+    except NodeGone as exc:
         tail = bridge._tail(node, exc)
         bridge.close()
         raise MigrationFailed(f"{name} ({direction}): node exited: {tail}") from None

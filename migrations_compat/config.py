@@ -91,6 +91,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from migrations_compat.config_job import absolute as _absolute
+from migrations_compat.config_job import default_config_file
+from migrations_compat.config_job import job as config_job
+from migrations_compat.node_session import NodeSession, claim_config
+from migrations_compat.node_session import discard as discard_session
 from runner.errors import ConfigError
 
 SHIM = Path(__file__).resolve().parent / "shim" / "load-config.js"
@@ -214,12 +219,14 @@ class ConfigLoad:
         req: ConfigRequest,
         *,
         proc: subprocess.Popen[bytes] | None = None,
+        session: NodeSession | None = None,
         loaded: Loaded | None = None,
         error: ConfigError | None = None,
         what: str = "",
     ) -> None:
         self._req = req
         self._proc = proc
+        self._session = session
         self._loaded = loaded
         self._error = error
         self._what = what
@@ -242,6 +249,8 @@ class ConfigLoad:
             raise self._error
         if self._proc is not None:
             self._loaded = _read_node(self._proc, self._req, self._what, timeout)
+        elif self._session is not None:
+            self._loaded = _read_session(self._session, self._req, self._what, timeout)
         if self._loaded is None:
             return None
         return resolve(self._loaded, self._req)
@@ -286,8 +295,7 @@ def _start(req: ConfigRequest) -> ConfigLoad:
 
 def default_config_path(cwd: Path) -> Path:
     """sequelize-cli's default: ``config/config.js`` when readable, else ``config/config.json``."""
-    js = cwd / "config" / "config.js"
-    return js if readable(js) else cwd / "config" / "config.json"
+    return Path(default_config_file(cwd))
 
 
 def readable(path: Path) -> bool:
@@ -295,7 +303,7 @@ def readable(path: Path) -> bool:
 
 
 def absolute(path: Path, cwd: Path) -> Path:
-    return Path(os.path.normpath(cwd / path))
+    return Path(_absolute(path, cwd))
 
 
 def rel(path: Path, cwd: Path) -> str:
@@ -333,14 +341,14 @@ def _spawn(
     node = node_binary(req.environ)
     if node is None:
         raise ConfigError(f"node is needed to evaluate {what} (JavaScript) but is not on PATH")
-    request = {
-        "rcPath": str(rc_path) if rc_path else None,
-        "configPath": str(config_path) if config_path else None,
-        "skipConfig": bool(req.url),
-    }
+    job = config_job(req.cwd, rc_path, config_path, req.url)
+    # the run's node, started before Python's imports, when it evaluates these very files
+    session = claim_config(node, job)
+    if session is not None:
+        return ConfigLoad(req, session=session, what=what)
     try:
         proc = subprocess.Popen(
-            [node, str(SHIM), json.dumps(request)],
+            [node, str(SHIM), job.request()],
             cwd=req.cwd,
             env=dict(req.environ),
             stdin=subprocess.DEVNULL,
@@ -368,8 +376,24 @@ def _read_node(
         doc = json.loads(lines[-1]) if lines else None
     except json.JSONDecodeError:
         doc = None
+    return _loaded_from(doc, req, what, proc.returncode)
+
+
+def _read_session(session: NodeSession, req: ConfigRequest, what: str, timeout: float) -> Loaded:
+    try:
+        doc = session.config_answer(timeout)
+    except TimeoutError:
+        discard_session()
+        raise ConfigError(
+            f"evaluating {what} with node did not finish within {timeout:g}s"
+        ) from None
+    return _loaded_from(doc, req, what, session.returncode)
+
+
+def _loaded_from(doc: Any, req: ConfigRequest, what: str, returncode: int | None) -> Loaded:
+    """node's answer (``shim/config-eval.js``) as :class:`Loaded`; errors as one line."""
     if not isinstance(doc, dict):
-        raise ConfigError(f"evaluating {what} with node failed (exit code {proc.returncode})")
+        raise ConfigError(f"evaluating {what} with node failed (exit code {returncode})")
     if not doc.get("ok"):
         raise ConfigError(node_error_message(doc.get("error") or {}, req.cwd))
     config_path = doc.get("configPath")
@@ -515,6 +539,8 @@ def load_rc_paths(
         raise loading._error
     if loading._proc is not None:
         loaded = _read_node(loading._proc, req, loading._what, DEFAULT_TIMEOUT)
+    elif loading._session is not None:
+        loaded = _read_session(loading._session, req, loading._what, DEFAULT_TIMEOUT)
     rc = dict(loaded.rc or {}) if loaded else {}
     mig = rc.get("migrations-path") or rc.get("migrationsPath")
     seed = rc.get("seeders-path") or rc.get("seedersPath")

