@@ -38,6 +38,7 @@ inside the migration's transaction), and every migration starts from a freshly r
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -80,6 +81,13 @@ if TYPE_CHECKING:
     from runner.log import Log
     from runner.quickread import QuickState
     from runner.settings import Settings
+
+def end_node_session() -> None:
+    """End the run's node session, if one was started (migrations_compat/node_session.py)."""
+    session = sys.modules.get("migrations_compat.node_session")
+    if session is not None:
+        session.discard()
+
 
 #: What ``DISCARD ALL`` does, minus ``pg_advisory_unlock_all()``: this session holds the lock.
 SESSION_RESET = (
@@ -272,7 +280,11 @@ class Migrator:
                 self.announce(src, state, plan)
                 self.check_drift(src, state)
                 return RunReport(plan)
-            if not quick.busy:
+            if quick.busy:
+                # most likely a waiter, which will find nothing to do: its node (the config's,
+                # ~45 MiB) ends now rather than wait with it; a bridge, if any, starts anew
+                end_node_session()
+            else:
                 self.preload_js(plan)  # sequelize loads while psycopg imports and we connect
         conn: psycopg.Connection | None = None  # opened once the lock is ours, when read quickly
         try:
@@ -306,9 +318,7 @@ class Migrator:
                     # A waiter holds one connection and no node (the run's node, maybe loading
                     # sequelize, ends): with N runners starting at once, N-1 of them will find
                     # nothing to do.
-                    from migrations_compat.node_session import discard
-
-                    discard()
+                    end_node_session()
                     lock.acquire(conn)
                 state = guarded(lambda: self.read_state(conn))  # again, under the lock
                 self.check_drift(src, state, announce=False)
