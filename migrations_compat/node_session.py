@@ -9,15 +9,20 @@ and answers on its protocol socket, then waits:
 
 * nothing pending (every pod start): the runner closes the socket (:func:`discard`); node
   exits having never loaded sequelize;
-* a JS migration pending and nobody else migrating (the libpq read of ``runner/quickread.py``
-  says so before psycopg is imported): :func:`preload_bridge` tells node to load sequelize
-  now, so it overlaps psycopg's import, connecting and taking the lock;
-* the bridge starts (:class:`~migrations_compat.bridge.NodeBridge`): :func:`claim_bridge` hands
-  it this process, loading sequelize now if not yet asked to.
+* ``up`` has won the lock and has JS to run: the bridge (:class:`~migrations_compat.bridge.
+  NodeBridge`) is started at once, and :func:`claim_bridge` hands it this process, which loads
+  sequelize while the runner does its bookkeeping;
+* ``down`` (an operator's command, not started by N replicas at once) knows what it reverts
+  before it waits for the lock: :func:`preload_bridge` tells node to load sequelize then.
 
-Waiters must not pay for sequelize (32 runners start at once; N-1 find nothing to do): a run
-that sees the lock held or another migrunner session does not preload, and one that loses the
-race for the lock ends its node (:func:`discard`) before waiting.
+Waiters must not pay for sequelize (32 runners start at once; N-1 find nothing to do), so
+``up`` does not load it before the lock is won, although the libpq read already knows a JS
+migration is pending: measured on the forum app, loading it then (when that read saw nobody
+else migrating) made a full ``up`` ~0.08 s shorter (0.87× instead of 0.99× sequelize-cli) but
+cost each of 32 concurrent runners 0.05 CPU-s more (0.29 → 0.34), because several runners of
+a burst see "nobody else" at once (bench/README.md, third round). A run whose libpq read sees
+another runner ends its node right away; one that loses the race for the lock ends it before
+it waits.
 
 Only what the ordinary path would do is ever reused: config.py claims the session only for the
 very files it would evaluate (:func:`claim_config`), and the bridge only with the same node,

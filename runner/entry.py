@@ -8,6 +8,7 @@ is :func:`runner.cli.main`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -16,7 +17,9 @@ def main() -> None:
     if len(sys.argv) > 1:
         from migrations_compat.node_session import start_early
 
-        start_early(sys.argv[1:], os.environ, os.getcwd())
+        # only a head start: whatever fails here, the ordinary path meets and reports
+        with contextlib.suppress(Exception):
+            start_early(sys.argv[1:], os.environ, os.getcwd())
     from runner.cli import main as cli_main
 
     cli_main()

@@ -82,6 +82,7 @@ if TYPE_CHECKING:
     from runner.quickread import QuickState
     from runner.settings import Settings
 
+
 def end_node_session() -> None:
     """End the run's node session, if one was started (migrations_compat/node_session.py)."""
     session = sys.modules.get("migrations_compat.node_session")
@@ -284,8 +285,9 @@ class Migrator:
                 # most likely a waiter, which will find nothing to do: its node (the config's,
                 # ~45 MiB) ends now rather than wait with it; a bridge, if any, starts anew
                 end_node_session()
-            else:
-                self.preload_js(plan)  # sequelize loads while psycopg imports and we connect
+            # sequelize is not loaded yet, even with JS pending: waiters must not pay for it
+            # (see migrations_compat/node_session.py); the lock's winner starts the bridge
+            # in the node that evaluated the config as soon as it holds the lock.
         conn: psycopg.Connection | None = None  # opened once the lock is ours, when read quickly
         try:
             if quick is None:
@@ -364,9 +366,9 @@ class Migrator:
                 return self.execute(conn, plan, dry_run, lock, executors)
 
     def preload_js(self, plan: Plan) -> None:
-        """A JS migration will run: the run's node session (started with the process, it
-        evaluated the config) loads sequelize now, overlapping what comes before the first
-        migration (migrations_compat/node_session.py). Nothing without such a session."""
+        """``down`` will run a JS migration: the run's node session (started with the process,
+        it evaluated the config) loads sequelize now, while the lock is taken
+        (migrations_compat/node_session.py). Nothing without such a session."""
         if not any(m.kind == "js" for m in plan.steps):
             return
         from migrations_compat.node_session import preload_bridge
