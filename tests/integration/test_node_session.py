@@ -151,3 +151,81 @@ def test_a_failing_config_reads_the_same_either_way(
     assert expected in early.stderr
     assert early.stderr == old.stderr
     assert "Traceback" not in early.stderr
+
+
+# -- the early guess agrees with the config loader -----------------------------------------------
+
+FLAT = "module.exports = { dialect: 'postgres', host: 'db.internal', database: 'app' };\n"
+RC_JS = "module.exports = { config: 'conf/db.js' };\n"
+
+
+@pytest.mark.parametrize(
+    ("files", "argv", "options_path", "config_path"),
+    [
+        ({"src/db.js": FLAT}, ["up", "--config", "src/db.js"], None, "src/db.js"),
+        (
+            {"src/db.js": FLAT},
+            ["db:migrate", "--config=src/db.js", "--env", "x"],
+            None,
+            "src/db.js",
+        ),
+        ({"config/config.js": FLAT}, ["down"], None, None),
+        ({".sequelizerc": RC_JS, "conf/db.js": FLAT}, ["db:migrate:undo:all"], None, None),
+        ({"rc.js": RC_JS, "conf/db.js": FLAT}, ["up", "--options-path", "rc.js"], "rc.js", None),
+    ],
+)
+def test_the_config_loader_uses_the_node_started_first(
+    tmp_path: Path,
+    files: dict[str, str],
+    argv: list[str],
+    options_path: str | None,
+    config_path: str | None,
+) -> None:
+    """What the console script guessed from argv is what config.py would evaluate: its answer
+    is taken from that very node (a wrong guess would only cost a second node)."""
+    from migrations_compat import node_session
+    from migrations_compat.config import ConfigRequest, start_loading
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    environ = {"PATH": os.environ["PATH"]}
+    node_session.start_early(argv, environ, str(tmp_path))
+    session = node_session.current()
+    assert session is not None
+    try:
+        loading = start_loading(
+            ConfigRequest(
+                cwd=tmp_path,
+                options_path=Path(options_path) if options_path else None,
+                config_path=Path(config_path) if config_path else None,
+                environ=environ,
+            )
+        )
+        assert loading._session is session
+        cfg = loading.result()
+        assert cfg is not None and cfg.conninfo["host"] == "db.internal"
+    finally:
+        node_session.discard()
+    assert session.process.proc.returncode is not None  # ended and reaped
+
+
+@pytest.mark.parametrize(
+    ("files", "argv"),
+    [
+        ({"config/config.json": '{"development": {"dialect": "postgres"}}'}, ["up"]),
+        ({"src/db.js": FLAT}, ["status", "--config", "src/db.js"]),
+        ({"src/db.js": FLAT}, ["up", "--config", "src/db.js", "--help"]),
+        ({}, ["up", "--url", "postgresql://app@db/app"]),
+    ],
+)
+def test_no_node_is_started_where_none_would_be(
+    tmp_path: Path, files: dict[str, str], argv: list[str]
+) -> None:
+    from migrations_compat import node_session
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    node_session.start_early(argv, {"PATH": os.environ["PATH"]}, str(tmp_path))
+    assert node_session.current() is None
