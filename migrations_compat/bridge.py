@@ -43,6 +43,7 @@ from migrations_compat.bridge_exec import (
     StatementExecutor,
 )
 from migrations_compat.bridge_sql import LABEL_INTROSPECTION, analyze, first_line
+from migrations_compat.node_exit import describe_exit, memory_limit
 from runner.errors import (
     AtomicModeUnavailable,
     ConfigError,
@@ -803,8 +804,10 @@ class NodeBridge:
             return f"no answer within {_STARTUP_TIMEOUT:.0f}s"
         node.finish_output(_STOP_TIMEOUT)
         code = node.proc.returncode
-        tail = " | ".join(line for line in node.stderr_tail if line.strip())
-        return self._secrets.redact(f"exit code {code}" + (f": {tail}" if tail else ""))
+        lines = [line for line in node.stderr_tail if line.strip()]
+        how = describe_exit(code, lines, memory_limit())
+        tail = " | ".join(lines)
+        return self._secrets.redact(how + (f": {tail}" if tail else ""))
 
     def _late_message(self, msg: Mapping[str, Any]) -> str:
         """A query a migration issued after it had settled and its transaction had ended: it
