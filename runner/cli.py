@@ -850,3 +850,7 @@ __all__ = ["cli", "main"]
 from runner.cli_verify import verify_cmd  # noqa: E402  -- its own module; registered here
 
 cli.add_command(verify_cmd)
+
+from runner.cli_snapshot import snapshot_cmd  # noqa: E402  -- its own module; registered here
+
+cli.add_command(snapshot_cmd)
