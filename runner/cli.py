@@ -42,7 +42,7 @@ UNFINISHED = (
 )
 
 #: Main commands in --help order; others append theirs (unlisted ones follow, then db:*).
-MAIN_COMMANDS = ["up", "down", "status", "verify", "history", "lock", "wait", "fleet"]
+MAIN_COMMANDS = ["up", "down", "status", "verify", "history", "lock", "wait", "fleet", "snapshot"]
 
 EXIT_CODES = """\b
 Exit codes:
