@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from urllib.parse import unquote, urlsplit
 import psycopg
 from psycopg import pq
 
+from migrations_compat import snapshot
 from migrations_compat.bridge_exec import (
     ExecutedStatement,
     RowSink,
@@ -44,7 +46,9 @@ from migrations_compat.bridge_launch import (
     resolve_packages,
 )
 from migrations_compat.bridge_sql import LABEL_INTROSPECTION, analyze, first_line
+from migrations_compat.node_exit import describe_exit, memory_limit
 from migrations_compat.node_process import BRIDGE_NODE_ARGS, NodeGone, NodeProcess
+from migrations_compat.snapshot import SnapshotSpec, node_command
 from runner.errors import (
     AtomicModeUnavailable,
     ConfigError,
@@ -175,6 +179,8 @@ class NodeBridge:
         self._dry = False
         #: useTransaction exports node reported (by 'meta', or with a run): no second asking
         self._declared: dict[Path, bool | None] = {}
+        self._blob: Path | None = None  # the startup snapshot node was started from
+        self._no_snapshot = False  # set once a snapshot failed: start plainly from then on
 
     @property
     def node_pid(self) -> int | None:
@@ -224,7 +230,22 @@ class NodeBridge:
 
     def _spawn(self) -> NodeProcess:
         launch = bridge_launch(self.options.search_dirs, self.options.own_connection_lock_timeout)
-        self._node = self._adopt(launch) or self._start_node(launch)
+        env = launch.env(os.environ if self.options.env is None else self.options.env)
+        spec = SnapshotSpec(
+            self.options.node,
+            tuple(self.options.node_args),
+            launch.sequelize_dir,
+            launch.pg_dir,
+        )
+        argv, self._blob = node_command(
+            spec, BRIDGE_JS, {**env, "MIGRUNNER_SNAPSHOT": "0"} if self._no_snapshot else env
+        )
+        # A startup snapshot beats the run's node session: node then starts with sequelize
+        # already evaluated (less CPU than the session's require), so the session ends.
+        adopted = self._adopt(launch) if self._blob is None else None
+        if self._blob is not None:
+            _end_session()
+        self._node = adopted or self._start_node(argv, launch, env)
         options = {
             k: v for k, v in self.options.sequelize_options.items() if k not in _CONNECTION_KEYS
         }
@@ -252,11 +273,12 @@ class NodeBridge:
             node.on_output = self._forward
         return node
 
-    def _start_node(self, launch: BridgeLaunch) -> NodeProcess:
-        env = launch.env(os.environ if self.options.env is None else self.options.env)
+    def _start_node(
+        self, argv: list[str], launch: BridgeLaunch, env: Mapping[str, str]
+    ) -> NodeProcess:
         try:
             return NodeProcess(
-                [self.options.node, *self.options.node_args, str(BRIDGE_JS)],
+                argv,
                 [str(launch.sequelize_dir), str(launch.pg_dir)],
                 env,
                 self._forward,
@@ -275,6 +297,13 @@ class NodeBridge:
         except (NodeGone, TimeoutError) as exc:
             tail = self._tail(node, exc)
             self.close()
+            if self._blob is not None and not self._no_snapshot:
+                # A blob this node cannot start from (another build, a corrupt file): drop it
+                # and start the ordinary way; the run must not depend on a cache.
+                self.log.warn(f"node could not start from {self._blob}, discarded: {tail}")
+                snapshot.discard(self._blob)
+                self._no_snapshot = True
+                return self._started()
             raise ConfigError(f"the node bridge failed to start: {tail}") from None
         if msg.get("t") != "ready":
             self.close()
@@ -282,10 +311,12 @@ class NodeBridge:
         self._ready = True
         self.sequelize_version = str(msg.get("version", ""))
         self.sequelize_path = str(msg.get("path", ""))
+        via = " (startup snapshot)" if self._blob is not None and not self._no_snapshot else ""
         self.log.info(
-            f"using sequelize {self.sequelize_version} from {self.sequelize_path}",
+            f"using sequelize {self.sequelize_version} from {self.sequelize_path}{via}",
             sequelize_version=self.sequelize_version,
             sequelize_path=self.sequelize_path,
+            **({"snapshot": str(self._blob)} if via else {}),
         )
         major = self.sequelize_version.split(".", 1)[0]
         if major != str(SUPPORTED_SEQUELIZE_MAJOR):
@@ -584,8 +615,10 @@ class NodeBridge:
             return f"no answer within {_STARTUP_TIMEOUT:.0f}s"
         node.finish_output(_STOP_TIMEOUT)
         code = node.proc.returncode
-        tail = " | ".join(line for line in node.stderr_tail if line.strip())
-        return self._secrets.redact(f"exit code {code}" + (f": {tail}" if tail else ""))
+        lines = [line for line in node.stderr_tail if line.strip()]
+        how = describe_exit(code, lines, memory_limit())
+        tail = " | ".join(lines)
+        return self._secrets.redact(how + (f": {tail}" if tail else ""))
 
     def _late_message(self, msg: Mapping[str, Any]) -> str:
         """A query a migration issued after it had settled and its transaction had ended: it
@@ -637,6 +670,13 @@ class NodeBridge:
             if err.get("sql"):
                 text += f" in statement: {_one_line(str(err['sql']))}"
         return self._secrets.redact(" ".join(text.split("\n")))
+
+
+def _end_session() -> None:
+    """End the run's node session, if one was started (it is not needed)."""
+    session = sys.modules.get("migrations_compat.node_session")
+    if session is not None:
+        session.discard()
 
 
 def _where(name: str, direction: str | None, path: Path | None, line: Any) -> str:

@@ -11,7 +11,8 @@ and answers on its protocol socket, then waits:
   exits having never loaded sequelize;
 * ``up`` has won the lock and has JS to run: the bridge (:class:`~migrations_compat.bridge.
   NodeBridge`) is started at once, and :func:`claim_bridge` hands it this process, which loads
-  sequelize while the runner does its bookkeeping;
+  sequelize while the runner does its bookkeeping (unless a valid startup snapshot exists,
+  :mod:`migrations_compat.snapshot`: the bridge then starts from it and this node ends);
 * ``down`` (an operator's command, not started by N replicas at once) knows what it reverts
   before it waits for the lock: :func:`preload_bridge` tells node to load sequelize then.
 
