@@ -375,13 +375,19 @@ class NodeBridge:
         dry_run: bool = False,
         isolation: str | None = None,
         observer: Any = None,
+        check_declared: bool = False,
     ) -> BridgeOutcome:
         """Run ``up`` or ``down`` of one JS migration on ``conn`` (autocommit mode).
 
         transactional: the caller has executed BEGIN and will COMMIT / ROLLBACK; the bridge
         never ends that transaction. dry_run implies transactional, and skips (recording them)
         statements that cannot run inside a transaction. Raises MigrationFailed (with
-        ``.sqlstate`` when a statement failed) or DatabaseUnavailable.
+        ``.sqlstate`` when a statement failed) or DatabaseUnavailable. check_declared: the
+        caller did not ask :meth:`wants_transaction` first; unless the flag is known, a
+        transactional run checks it and raises AtomicModeUnavailable
+        (:data:`DECLARES_NO_TRANSACTION`) without running anything when it is false (one
+        round trip instead of two); a module that fails to load is then worded as by
+        :meth:`wants_transaction`.
         """
         if direction not in ("up", "down"):
             raise ValueError(f"direction must be 'up' or 'down', not {direction!r}")
@@ -402,6 +408,8 @@ class NodeBridge:
         run_id = self._next_id
         self._current = name
         floating: list[str] = []  # statements issued after up()/down() resolved
+        # the run also does what a 'meta' request did (and words a load failure like it)
+        checks = check_declared and transactional and not dry_run and path not in self._declared
         try:
             if dry_run:
                 # A migration that turns out to use its own connection is rolled back to here.
@@ -416,7 +424,7 @@ class NodeBridge:
                     "dbv": _semver(conn.info.server_version),
                     "dry": dry_run,
                     # not yet known: node runs nothing if it declares useTransaction: false
-                    "chk": transactional and not dry_run and path not in self._declared,
+                    "chk": checks,
                 }
             )
             while True:
@@ -482,7 +490,8 @@ class NodeBridge:
         if not msg.get("ok"):
             err = msg.get("err") or {}
             sqlstate = err.get("code") or None
-            text = self._js_failure(name, None if msg.get("lf") else direction, err, path)
+            loading = checks and msg.get("lf")
+            text = self._js_failure(name, None if loading else direction, err, path)
             if err.get("sql") is not None and str(err["sql"]) in {*floating, *running}:
                 text += " (not awaited)"
             if err.get("external") and sqlstate == "55P03":

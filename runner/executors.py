@@ -272,6 +272,7 @@ class JsExecutor:
             transactional=transactional,
             dry_run=dry_run,
             isolation=isolation,
+            check_declared=True,  # declared_transactional(lazy=True) did not ask node
             **extra,
         )
         result = RunResult(not_rehearsed=out.not_rehearsed)
