@@ -175,7 +175,9 @@ def preload_bridge(search_dirs: Sequence[Path | str], own_lock_timeout: float | 
     session = _session
     if session is None or not session.config_ok or session.launch is not None:
         return
+    from migrations_compat import snapshot
     from migrations_compat.bridge_launch import bridge_launch
+    from migrations_compat.node_process import BRIDGE_NODE_ARGS
     from migrations_compat.node_runtime import select_node
     from runner.errors import ConfigError
 
@@ -186,6 +188,12 @@ def preload_bridge(search_dirs: Sequence[Path | str], own_lock_timeout: float | 
         launch = bridge_launch(search_dirs, own_lock_timeout)
     except ConfigError:
         return  # the bridge reports it when it starts
+    env = launch.env(session.environ)
+    spec = snapshot.SnapshotSpec(choice.path, BRIDGE_NODE_ARGS, launch.sequelize_dir, launch.pg_dir)
+    if snapshot.mode(env) == "build" or (
+        snapshot.mode(env) == "use" and snapshot.find(spec, snapshot.cache_root(env))
+    ):
+        return  # the bridge will start from a startup snapshot: loading it here is waste
     try:
         session.load_sequelize(launch)
     except NodeGone:

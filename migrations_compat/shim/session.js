@@ -13,8 +13,8 @@
  *    in NODE_PATH; `pgOptions` becomes PGOPTIONS unless the environment has one (both as
  *    bridge.py sets them for a bridge node of its own).
  * While the config is evaluated nothing but the config keeps node alive (the socket is opened as
- * a stream only after the answer), so a config whose promise can never settle ends node with
- * the same answer as in load-config.js.
+ * a stream only once the runner asks for the bridge), so a config whose promise can never settle
+ * ends node with the same answer as in load-config.js.
  */
 const fs = require('fs');
 const { Evaluation } = require('./config-eval');
@@ -54,16 +54,37 @@ function becomeBridge(channel, msg) {
 }
 
 evaluation = new Evaluation(JSON.parse(process.argv[3]), (answer) => {
-  // Written before the socket is opened as a stream: loading `net` (the channel) is then off
-  // the path of every pod start, and until then nothing but the config keeps node alive.
   fs.writeSync(fd, JSON.stringify({ t: 'config', ...answer }) + '\n');
-  // now wait for the runner's word
+  // Wait for the runner's word with a blocking read: a no-op run kills node here, having spent
+  // no CPU on anything after the answer (not even loading `net` for the channel).
+  const first = waitForLine();
+  if (first === null) process.exit(0); // the runner closed the socket
   const { Channel } = require('./channel');
   const channel = new Channel(fd, (msg) => {
     if (msg.t === 'bridge') becomeBridge(channel, msg);
     else process.stderr.write(`migrunner session: unexpected ${String(msg.t)} before 'bridge'\n`);
   });
+  channel.feedBytes(first); // the 'bridge' line, and whatever followed it in the same read
 });
+
+/** Bytes up to and including the first newline (and whatever came with them), or null at EOF. */
+function waitForLine() {
+  const buf = Buffer.alloc(1 << 16);
+  const chunks = [];
+  for (;;) {
+    let n;
+    try {
+      n = fs.readSync(fd, buf, 0, buf.length, null);
+    } catch (err) {
+      if (err.code === 'EAGAIN') continue; // cannot happen on the blocking end; be safe
+      if (err.code === 'EINTR') continue;
+      return null;
+    }
+    if (n === 0) return null;
+    chunks.push(Buffer.from(buf.subarray(0, n)));
+    if (buf.subarray(0, n).includes(10)) return Buffer.concat(chunks);
+  }
+}
 process.on('uncaughtException', onUncaught);
 process.on('unhandledRejection', onUncaught);
 process.on('exit', onExit);
