@@ -22,6 +22,9 @@ Guarantees:
   re-run in *pool mode*: on real connections of its own, exactly as sequelize-cli, under the
   lock, with a committed ``started`` history row before and SequelizeMeta plus the ``applied``
   row after — not atomic, so a crash midway is flagged by ``status``;
+* a transactional SQL migration goes as ONE message (:meth:`Migrator.apply_one_message`):
+  the same statements as the step-by-step path, in one round trip; any error hands it to
+  the step-by-step path, which reports, retries or re-runs it as described here;
 * in a run of several migrations, all commits but the last use ``synchronous_commit = off``:
   each stays atomic, and the last, synchronous commit makes all of them durable at once (a
   server crash mid-run loses whole migrations together with their rows, never half of one).
@@ -505,6 +508,7 @@ class Migrator:
         Best effort: any failure only means the next run verifies in full."""
         import psycopg
 
+        from runner.quickread import BOUNDED
         from runner.verified import VerifiedTable, applied_digest, history_mark_sql
 
         folder = prehash.folder()
@@ -514,6 +518,7 @@ class Migrator:
         try:
             # the last migration's session state (a role, a search_path) is not ours
             conn.execute(SESSION_RESET.encode())
+            conn.execute(BOUNDED.encode())  # only a shortcut for the next run: never wait long
             conn.execute(verified.create_sql())
             conn.execute(b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             try:

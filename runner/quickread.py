@@ -218,6 +218,13 @@ def command(lib: Any, conn: int, sql: str, params: Sequence[str | None]) -> bool
         lib.PQclear(res)
 
 
+#: the recording of a verification waits at most this long for a lock or for the server
+BOUNDED = (
+    "SELECT pg_catalog.set_config('lock_timeout', '1s', false), "
+    "pg_catalog.set_config('statement_timeout', '5s', false)"
+)
+
+
 def read_state(
     conninfo: Mapping[str, str],
     table: str,
@@ -276,6 +283,8 @@ def read_state(
         q = got_q if isinstance(got_q, Queries) else Queries(*got_q)
         has_history = history_exists == "t"
         if meta_exists != "t":
+            if has_history and q.unfinished:
+                return None  # history without SequelizeMeta: rare, the ordinary path lists it
             return QuickState((), {}, False, busy == "t", resolved, has_history)
         import json
 
@@ -342,6 +351,8 @@ def read_state(
             steps = list(q.record_verified)
             if verified_exists != "t" and q.create_verified:
                 steps.insert(0, q.create_verified)
+            # never wait long for a lock here: it is only a shortcut for the next run
+            steps.insert(0, BOUNDED)
             for sql in steps:  # best effort: read-only users, standbys...
                 if not command(lib, conn, sql, (storage, *marks) if "$1" in sql else ()):
                     break
