@@ -779,8 +779,8 @@ class Migrator:
         The bookkeeping's values are literals (``E''`` strings: the same meaning whatever
         ``standard_conforming_strings`` says); its tables, functions and types are
         schema-qualified, so the migration's ``search_path`` or ``SET ROLE`` cannot move it.
-        Statements are joined by ``\n;\n``: a statement ending in a ``--`` comment cannot
-        swallow the separator.
+        Statements are joined by a newline, ``;`` and a newline: a statement ending in a ``--``
+        comment cannot swallow the separator.
 
         On an error the transaction is rolled back and False returned: :meth:`apply` then runs
         the migration again step by step, which names the failing statement and its line,
