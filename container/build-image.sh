@@ -202,6 +202,7 @@ run() {
 # What a Pod with readOnlyRootFilesystem, drop ALL, allowPrivilegeEscalation: false and
 # runAsUser 1001 gets: a private mount namespace whose root is the image, read-only, with a
 # tmpfs /tmp (the emptyDir) and the requested volumes; then chroot and drop every privilege.
+# The environment is the image's ENV (container/Dockerfile), restated here.
 run_restricted() {
   local ctr=$1 mnt v src dst
   shift
@@ -225,7 +226,7 @@ done
 shift
 mount -o remount,bind,ro "$m"
 exec chroot "$m" /usr/bin/env -i PATH="$PATH_IN" HOME=/tmp TMPDIR=/tmp \
-  PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 "$@"'
+  PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 MIGRUNNER_SNAPSHOT_DIR=/opt/migrunner/snapshots "$@"'
   local vols=()
   for v in "${volumes[@]}"; do
     src=${v%%:*}

@@ -36,6 +36,7 @@ from urllib.parse import unquote, urlsplit
 import psycopg
 from psycopg import pq
 
+from migrations_compat import snapshot
 from migrations_compat.bridge_exec import (
     ExecutedStatement,
     RowSink,
@@ -43,6 +44,8 @@ from migrations_compat.bridge_exec import (
     StatementExecutor,
 )
 from migrations_compat.bridge_sql import LABEL_INTROSPECTION, analyze, first_line
+from migrations_compat.node_exit import describe_exit, memory_limit
+from migrations_compat.snapshot import SnapshotSpec, node_command
 from runner.errors import (
     AtomicModeUnavailable,
     ConfigError,
@@ -417,6 +420,8 @@ class NodeBridge:
         self._current: str | None = None
         self._late: list[dict[str, Any]] = []
         self._dry = False
+        self._blob: Path | None = None  # the startup snapshot node was started from
+        self._no_snapshot = False  # set once a snapshot failed: start plainly from then on
 
     @property
     def node_pid(self) -> int | None:
@@ -479,9 +484,18 @@ class NodeBridge:
         options = {
             k: v for k, v in self.options.sequelize_options.items() if k not in _CONNECTION_KEYS
         }
+        spec = SnapshotSpec(
+            self.options.node,
+            tuple(self.options.node_args),
+            packages.sequelize_dir,
+            packages.pg_dir,
+        )
+        argv, self._blob = node_command(
+            spec, BRIDGE_JS, {**env, "MIGRUNNER_SNAPSHOT": "0"} if self._no_snapshot else env
+        )
         try:
             self._node = _NodeProcess(
-                [self.options.node, *self.options.node_args, str(BRIDGE_JS)],
+                argv,
                 [str(packages.sequelize_dir), str(packages.pg_dir)],
                 env,
                 self._forward,
@@ -510,6 +524,13 @@ class NodeBridge:
         except (_NodeGone, TimeoutError) as exc:
             tail = self._tail(node, exc)
             self.close()
+            if self._blob is not None and not self._no_snapshot:
+                # A blob this node cannot start from (another build, a corrupt file): drop it
+                # and start the ordinary way; the run must not depend on a cache.
+                self.log.warn(f"node could not start from {self._blob}, discarded: {tail}")
+                snapshot.discard(self._blob)
+                self._no_snapshot = True
+                return self._started()
             raise ConfigError(f"the node bridge failed to start: {tail}") from None
         if msg.get("t") != "ready":
             self.close()
@@ -517,10 +538,12 @@ class NodeBridge:
         self._ready = True
         self.sequelize_version = str(msg.get("version", ""))
         self.sequelize_path = str(msg.get("path", ""))
+        via = " (startup snapshot)" if self._blob is not None and not self._no_snapshot else ""
         self.log.info(
-            f"using sequelize {self.sequelize_version} from {self.sequelize_path}",
+            f"using sequelize {self.sequelize_version} from {self.sequelize_path}{via}",
             sequelize_version=self.sequelize_version,
             sequelize_path=self.sequelize_path,
+            **({"snapshot": str(self._blob)} if via else {}),
         )
         major = self.sequelize_version.split(".", 1)[0]
         if major != str(SUPPORTED_SEQUELIZE_MAJOR):
@@ -803,8 +826,10 @@ class NodeBridge:
             return f"no answer within {_STARTUP_TIMEOUT:.0f}s"
         node.finish_output(_STOP_TIMEOUT)
         code = node.proc.returncode
-        tail = " | ".join(line for line in node.stderr_tail if line.strip())
-        return self._secrets.redact(f"exit code {code}" + (f": {tail}" if tail else ""))
+        lines = [line for line in node.stderr_tail if line.strip()]
+        how = describe_exit(code, lines, memory_limit())
+        tail = " | ".join(lines)
+        return self._secrets.redact(how + (f": {tail}" if tail else ""))
 
     def _late_message(self, msg: Mapping[str, Any]) -> str:
         """A query a migration issued after it had settled and its transaction had ended: it

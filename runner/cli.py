@@ -42,7 +42,7 @@ UNFINISHED = (
 )
 
 #: Main commands in --help order; others append theirs (unlisted ones follow, then db:*).
-MAIN_COMMANDS = ["up", "down", "status", "verify", "history", "lock", "wait", "fleet"]
+MAIN_COMMANDS = ["up", "down", "status", "verify", "history", "lock", "wait", "fleet", "snapshot"]
 
 EXIT_CODES = """\b
 Exit codes:
@@ -850,3 +850,7 @@ __all__ = ["cli", "main"]
 from runner.cli_verify import verify_cmd  # noqa: E402  -- its own module; registered here
 
 cli.add_command(verify_cmd)
+
+from runner.cli_snapshot import snapshot_cmd  # noqa: E402  -- its own module; registered here
+
+cli.add_command(snapshot_cmd)

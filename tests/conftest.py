@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +30,17 @@ def _node_from_the_extra() -> None:
 
 
 _node_from_the_extra()
+
+
+def _own_snapshot_cache() -> None:
+    """Node starts plainly in tests unless a test builds a sequelize snapshot itself (or the
+    caller sets MIGRUNNER_SNAPSHOT_DIR, e.g. with MIGRUNNER_SNAPSHOT=build to run the suite
+    from snapshots): a developer's ~/.cache must not decide what the suite exercises."""
+    if "MIGRUNNER_SNAPSHOT_DIR" not in os.environ:
+        os.environ["MIGRUNNER_SNAPSHOT_DIR"] = tempfile.mkdtemp(prefix="migrunner-test-snapshots-")
+
+
+_own_snapshot_cache()
 
 
 @pytest.fixture(scope="session")

@@ -606,6 +606,21 @@ def test_node_exiting_fails_the_migration_with_its_stderr(
     assert exists(db, "after_catch")
 
 
+def test_node_killed_by_sigkill_is_named_as_probably_out_of_memory(
+    bridge: NodeBridge, runner_conn: psycopg.Connection, db: psycopg.Connection
+) -> None:
+    with pytest.raises(MigrationFailed) as info:
+        run_in_transaction(bridge, runner_conn, "killed.js")
+    message = info.value.message
+    assert message.startswith(
+        f"migration killed.js failed (up) at {BRIDGE / 'killed.js'}: "
+        "node exited: killed by SIGKILL (exit code -9): out of memory?"
+    )
+    assert "\n" not in message
+    runner_conn.rollback()
+    assert not exists(db, "killed_before")  # the migration's transaction was rolled back
+
+
 def test_passwords_never_reach_the_log_or_errors(
     db_url: str, runner_conn: psycopg.Connection, captured: Captured
 ) -> None:

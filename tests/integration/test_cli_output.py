@@ -21,7 +21,7 @@ NAMES = sorted(p.name for p in EXAMPLE.iterdir())
 SUCCESS = "Migrations completed successfully"
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 URL_WITH_PASSWORD = re.compile(r"://[^/\s:@]+:[^/\s@]+@")
-MAIN = ["up", "down", "status", "verify", "history", "lock", "wait", "fleet"]
+MAIN = ["up", "down", "status", "verify", "history", "lock", "wait", "fleet", "snapshot"]
 
 
 @pytest.fixture
