@@ -98,6 +98,9 @@ class SqlExecutor:
         self.parsed: dict[Path, SqlMigration] = {}
         self.observer: StatementObserver | None = None
         self.noticed: set[str] = set()
+        #: failed once as one message (``Migrator.apply_one_message``): its re-run goes
+        #: statement by statement at once, instead of a batch that would fail again
+        self.unbatched: set[Path] = set()
 
     def parse(self, mig: Migration) -> SqlMigration:
         if mig.path not in self.parsed:
@@ -146,7 +149,13 @@ class SqlExecutor:
         section = self.section(mig, direction)
         result = RunResult()
         observer = self.observer
-        if observer is None and transactional and not dry_run and len(section.statements) > 1:
+        if (
+            observer is None
+            and transactional
+            and not dry_run
+            and len(section.statements) > 1
+            and mig.path not in self.unbatched
+        ):
             # One round trip for the whole section (what makes 1,000 small migrations cheap).
             # On failure, roll back to the savepoint and replay statement by statement to name
             # the failing statement and its line; a transient failure that does not recur in

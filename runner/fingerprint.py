@@ -13,8 +13,9 @@ in order), domains, sequences (parameters, not their current value: rolled-back 
 moves it), views, functions and procedures, triggers, rules, policies, extensions and
 comments. Objects an extension owns belong to the extension. Row data is not compared.
 
-The runner's own bookkeeping (``SequelizeMeta`` and ``migrunner_history``, with everything
-hanging off them) is left out: its rows change with every step by design.
+The runner's own bookkeeping (``SequelizeMeta``, ``migrunner_history`` and
+``migrunner_verified``, with everything hanging off them) is left out: its rows change with
+every step by design.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ belongs to, so two apps sharing a database keep separate histories. sequelize-cl
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -89,13 +89,19 @@ END $migrunner$"""
     def unfinished(self, conn: psycopg.Connection) -> list[str]:
         """Migrations whose latest history row is ``started``: a pool-mode run that never
         finished (still running, or the runner died: possibly partly applied)."""
-        rows = conn.execute(
-            f"SELECT name FROM (SELECT DISTINCT ON (name) name, outcome FROM {self.ref} "
-            "WHERE storage_table = %s ORDER BY name, id DESC) latest WHERE outcome = 'started' "
-            "ORDER BY name",
-            (self.storage,),
-        )
+        rows = conn.execute(self.unfinished_sql("%s"), (self.storage, self.storage))
         return [r[0] for r in rows]
+
+    def unfinished_sql(self, placeholder: str) -> str:
+        """The query of :meth:`unfinished` (``placeholder`` twice): only names that have a
+        ``started`` row are sorted, so with none (the usual case) it is one cheap scan, not a
+        sort of the whole history (≈ 45 ms with 10,000 rows)."""
+        return (
+            f"SELECT name FROM (SELECT DISTINCT ON (name) name, outcome FROM {self.ref} "
+            f"WHERE storage_table = {placeholder} AND name IN (SELECT name FROM {self.ref} "
+            f"WHERE storage_table = {placeholder} AND outcome = 'started') "
+            "ORDER BY name, id DESC) latest WHERE outcome = 'started' ORDER BY name"
+        )
 
     def exists(self, conn: psycopg.Connection) -> bool:
         row = conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (self.ref,)).fetchone()
@@ -146,6 +152,51 @@ END $migrunner$"""
                 (*values, *lock),
             )
         return cur.rowcount == 1
+
+    def record_sql(
+        self,
+        entry: Entry,
+        who: Identity,
+        lock: tuple[int, int, int],
+        literal: Callable[[object], str],
+    ) -> str:
+        """:meth:`record` with its lock check, as plain statements with every value quoted,
+        for a migration sent to the server as one message (``Migrator.apply_one_message``).
+
+        ``started_at`` is the client's, as in :meth:`record`; ``duration_ms`` is the server's
+        time from the message's arrival (``statement_timestamp()``) to this statement. A lost
+        lock cannot silently skip the row (nobody would see a rowcount inside a message): the
+        check divides by the number of matching locks, so a missing lock is SQLSTATE 22012,
+        which aborts the rest of the message, ``COMMIT`` included."""
+        values = ", ".join(
+            literal(v)
+            for v in (
+                self.storage,
+                entry.name,
+                entry.direction,
+                entry.outcome,
+                entry.checksum,
+                entry.transactional,
+                entry.attempts,
+                entry.note,
+                entry.error,
+                entry.started_at.isoformat(),
+            )
+        )
+        who_values = ", ".join(literal(v) for v in (who.host, who.pod_ref, who.version))
+        pid, classid, objid = (int(x) for x in lock)
+        return (
+            "SELECT 1 / (SELECT pg_catalog.count(*)::pg_catalog.int4 FROM pg_catalog.pg_locks "
+            f"WHERE pid = {pid} AND locktype = 'advisory' AND granted "
+            f"AND classid = {classid}::pg_catalog.oid AND objid = {objid}::pg_catalog.oid "
+            "AND objsubid = 1);\n"
+            f"INSERT INTO {self.ref} (storage_table, name, direction, outcome, checksum, "
+            "transactional, attempts, note, error, started_at, duration_ms, runner_host, "
+            f"runner_pod, runner_version) VALUES ({values}, "
+            "pg_catalog.date_part('epoch', pg_catalog.clock_timestamp() - "
+            "pg_catalog.statement_timestamp()) * 1000, "
+            f"{who_values})"
+        )
 
     def applied_checksums(self, conn: psycopg.Connection) -> dict[str, str]:
         """name → checksum of the latest successful ``up`` (for drift detection)."""

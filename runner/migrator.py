@@ -22,6 +22,9 @@ Guarantees:
   re-run in *pool mode*: on real connections of its own, exactly as sequelize-cli, under the
   lock, with a committed ``started`` history row before and SequelizeMeta plus the ``applied``
   row after — not atomic, so a crash midway is flagged by ``status``;
+* a transactional SQL migration goes as ONE message (:meth:`Migrator.apply_one_message`):
+  the same statements as the step-by-step path, in one round trip; any error hands it to
+  the step-by-step path, which reports, retries or re-runs it as described here;
 * in a run of several migrations, all commits but the last use ``synchronous_commit = off``:
   each stays atomic, and the last, synchronous commit makes all of them durable at once (a
   server crash mid-run loses whole migrations together with their rows, never half of one).
@@ -66,7 +69,7 @@ from runner.errors import (
 from runner.history import HISTORY_TABLE, Entry, HistoryTable
 from runner.lock import pg_locks_ids
 from runner.plan import Drift, Plan, drift, pending, plan_down, plan_up
-from runner.progress import Progress
+from runner.progress import BOOKKEEPING_MARK, MIGRATION_MARK, Progress
 from runner.settings import redact
 from runner.signals import Interrupted, MigrationTimeout, time_limit
 from runner.source import Migration, Prehash, Source, discover
@@ -79,7 +82,7 @@ if TYPE_CHECKING:
     from runner.executors import Executors, RunResult
     from runner.lock import MigrationLock
     from runner.log import Log
-    from runner.quickread import QuickState
+    from runner.quickread import QuickState, Verify
     from runner.settings import Settings
 
 
@@ -203,20 +206,35 @@ class Migrator:
         self.history = replace(self.history, schema=schema)
         self.resolved = True
 
-    def quick_state(self) -> QuickState | None:
+    def quick_state(
+        self, src: Source | None = None, prehash: Prehash | None = None, unfinished: bool = False
+    ) -> QuickState | None:
         """The state read through libpq without importing psycopg (runner/quickread.py), or
-        None to read it the ordinary way."""
+        None to read it the ordinary way. With ``src`` and a digesting ``prehash``, drift
+        detection may skip the checksums (:meth:`verifier`); ``unfinished`` also reads the
+        pool-mode runs never finished (``status``)."""
         from runner.lock import lock_key, pg_locks_ids
-        from runner.quickread import read_state
+        from runner.quickread import Queries, read_state
+        from runner.verified import VERIFIED_TABLE, VerifiedTable, history_mark_sql
 
         params = dict(self.settings.conninfo)
         params["application_name"] = self.settings.identity.application_name()
 
-        def queries(schema: str) -> tuple[str, str]:
+        def queries(schema: str) -> Queries:
             meta = replace(self.meta, schema=schema)
             history = replace(self.history, schema=schema)
-            return meta.applied_sql(), history.checksums_sql("$1")
+            verified = VerifiedTable(self.history.storage, schema)
+            return Queries(
+                f'SELECT "name" FROM {meta.ref}',  # sorted by the client (quickread)
+                history.checksums_sql("$1"),
+                history_mark_sql(history.ref, "$1"),
+                verified.rows_sql("$1"),
+                history.unfinished_sql("$1") if unfinished else None,
+                verified.record_sql(),
+                verified.create_sql(),
+            )
 
+        verify = self.verifier(src, prehash) if src is not None and prehash else None
         got = read_state(
             params,
             self.settings.table,
@@ -225,8 +243,49 @@ class Migrator:
             queries,
             self.history.storage,
             pg_locks_ids(lock_key(self.settings.schema, self.settings.table)),
+            verified_table=VERIFIED_TABLE if verify else None,
+            verify=verify,
         )
+        if got is None and prehash is not None:
+            prehash.start()  # the ordinary path hashes everything
         return got
+
+    def verifier(self, src: Source, prehash: Prehash) -> Verify:
+        """Drift detection without hashing when a recorded verification covers the folder
+        and the database state (runner/verified.py); otherwise hash, verify in full, and
+        record the verification when no drift was found."""
+        from runner.quickread import Verify
+        from runner.verified import applied_digest, matches
+
+        def covered(state: QuickState) -> bool:
+            folder = prehash.folder()
+            mark = state.history_mark
+            ok = mark is not None and matches(
+                state.verified, folder, applied_digest(state.applied), mark
+            )
+            done = set(state.applied)
+            if ok and all(m.name in done for m in src.migrations):
+                prehash.skip()  # nothing to hash: no drift, nothing pending
+            else:
+                prehash.start()
+            return ok
+
+        def record(state: QuickState) -> tuple[str, str, str] | None:
+            done = set(state.applied)
+            if not all(m.name in done for m in src.migrations):
+                return None  # about to change: the run records its own state after applying
+            prehash.wait()
+            folder = prehash.folder()
+            if folder is None or state.history_mark is None or not state.checksums_read:
+                return None
+            try:
+                if drift(src.migrations, state.applied, state.checksums):
+                    return None
+            except MigrunnerError:
+                return None  # an unreadable file: the caller's own check reports it
+            return folder, applied_digest(state.applied), state.history_mark
+
+        return Verify(covered, record)
 
     def open(self, wait: bool) -> psycopg.Connection:
         if wait:
@@ -242,12 +301,23 @@ class Migrator:
             conn.close()
 
     def status(self, wait: bool = False) -> StatusReport:
+        """As lean as a no-op ``up``: the libpq read (no psycopg), the folder's stat digest
+        instead of hashing when a recorded verification covers it, hashing in a thread
+        otherwise."""
         src = self.source()
-        with self.connection(wait) as conn:
-            state = guarded(lambda: self.read_state(conn))
-            unfinished = (
-                guarded(lambda: self.history.unfinished(conn)) if state.history_exists else []
-            )
+        prehash = Prehash(src.migrations, digest=True)
+        quick = self.quick_state(src, prehash, unfinished=True)
+        if quick is not None:
+            self.resolve_schema(quick.schema)
+            state = State(quick.applied, quick.checksums, quick.meta_exists, quick.history_exists)
+            unfinished: list[str] | tuple[str, ...] = quick.unfinished
+        else:
+            with self.connection(wait) as conn:
+                state = guarded(lambda: self.read_state(conn))
+                unfinished = (
+                    guarded(lambda: self.history.unfinished(conn)) if state.history_exists else []
+                )
+        prehash.wait()
         found = drift(src.migrations, state.applied, state.checksums)
         return StatusReport(src, state, found, tuple(unfinished))
 
@@ -268,9 +338,10 @@ class Migrator:
         src = self.source()
         if not src.migrations:
             raise_empty(src)
-        prehash = Prehash(src.migrations)  # hashes while we connect and read
+        # stats (and hashes, unless a recorded verification covers them) while we connect
+        prehash = Prehash(src.migrations, digest=executors is None)
         owned: Executors | None = None  # booted early here, closed here
-        quick = self.quick_state() if executors is None else None
+        quick = self.quick_state(src, prehash) if executors is None else None
         if quick is not None:  # every pod start: answered without psycopg, the lock or node
             # fixed now, as read_state() would: the lock key below is derived from it
             self.resolve_schema(quick.schema)
@@ -325,7 +396,10 @@ class Migrator:
                 state = guarded(lambda: self.read_state(conn))  # again, under the lock
                 self.check_drift(src, state, announce=False)
                 plan = plan_up(src.migrations, state.applied, to, from_=from_, name=name)
-                return self.execute(conn, plan, dry_run, lock, ex)
+                report = self.execute(conn, plan, dry_run, lock, ex)
+                if report.done and not dry_run and executors is None:
+                    self.record_verified(conn, src, prehash)
+                return report
         finally:
             if conn is not None:
                 conn.close()
@@ -460,6 +534,46 @@ class Migrator:
         self.history.ensure(conn)
         return with_ts
 
+    def record_verified(self, conn: psycopg.Connection, src: Source, prehash: Prehash) -> None:
+        """After a run applied migrations, under the lock: verify the folder against the
+        database in full (names, checksums and the history's mark read in one snapshot) and,
+        with no drift, record it (runner/verified.py), so the next pod starts skip the hashing.
+        Best effort: any failure only means the next run verifies in full."""
+        import psycopg
+
+        from runner.quickread import BOUNDED
+        from runner.verified import VerifiedTable, applied_digest, history_mark_sql
+
+        folder = prehash.folder()
+        if folder is None:
+            return
+        verified = VerifiedTable(self.history.storage, self.meta.schema)
+        try:
+            # the last migration's session state (a role, a search_path) is not ours
+            conn.execute(SESSION_RESET.encode())
+            conn.execute(BOUNDED.encode())  # only a shortcut for the next run: never wait long
+            conn.execute(verified.create_sql())
+            conn.execute(b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            try:
+                applied = self.meta.applied(conn)
+                checksums = self.history.applied_checksums(conn)
+                row = conn.execute(
+                    f"SELECT {history_mark_sql(self.history.ref, '%s')}", (self.history.storage,)
+                ).fetchone()
+            finally:
+                rollback(conn)
+            prehash.wait()
+            if row is None or drift(src.migrations, applied, checksums):
+                return
+            marks = (self.history.storage, folder, applied_digest(applied), str(row[0]))
+            names = ("storage", "folder", "applied", "history")
+            for sql in verified.record_sql(tuple(f"%({n})s" for n in names)):
+                conn.execute(sql, dict(zip(names, marks, strict=True)))
+        except (psycopg.Error, MigrunnerError):
+            # not recorded (a read-only role, a lost connection...): the migrations are
+            # committed all the same, and the next run verifies in full
+            rollback(conn)
+
     def session_setup(
         self, name: str, transactional: bool, durable: bool, isolation: str | None = None
     ) -> str:
@@ -503,6 +617,8 @@ class Migrator:
         attempt = 0
         isolation: str | None = None  # the level a JS migration's first transaction asked for
         pool_reason = "it declares useTransaction: false"
+        # the common case, a transactional SQL migration: first as one message
+        one_message = mig.kind == "sql" and transactional and executors.sql.observer is None
         self.progress.begin(mig, direction, conn)
         while True:
             if not transactional and mig.kind == "js":
@@ -512,6 +628,20 @@ class Migrator:
             started = datetime.now(UTC)
             t0 = time.perf_counter()
             try:
+                if one_message:
+                    one_message = False
+                    with time_limit(self.settings.migration_timeout):
+                        done = self.apply_one_message(
+                            conn, mig, direction, executors, with_ts, durable, lock_proof, started
+                        )
+                    if done:
+                        elapsed = (time.perf_counter() - t0) * 1000
+                        self.progress.end(mig, direction, elapsed, transactional=True)
+                        return
+                    # it failed (and was rolled back): the step-by-step run below names the
+                    # statement, retries, or re-runs it outside a transaction, as always
+                    started = datetime.now(UTC)
+                    t0 = time.perf_counter()
                 setup = self.session_setup(mig.name, transactional, durable, isolation)
                 if isolation is not None:
                     # The reset's DISCARD/UNLISTEN take a snapshot, and statements before a
@@ -661,6 +791,75 @@ class Migrator:
                     )
                     raise err2 from None
                 raise
+
+    def apply_one_message(
+        self,
+        conn: psycopg.Connection,
+        mig: Migration,
+        direction: str,
+        executors: Executors,
+        with_ts: bool,
+        durable: bool,
+        lock_proof: tuple[int, int, int],
+        started: datetime,
+    ) -> bool:
+        """Run a transactional SQL migration in ONE round trip instead of five: the session
+        reset and settings, ``BEGIN``, its statements, the bookkeeping identity
+        (:meth:`bookkeeping_setup`), its SequelizeMeta row, the lock check, its history row and
+        ``COMMIT`` go in one simple-query message — exactly the statements of the step-by-step
+        path, in the same order, in the same transaction. PostgreSQL runs a message's
+        statements in order and skips the rest after an error, so nothing past a failure runs
+        and nothing commits; a lost lock is an error too (see ``HistoryTable.record_sql``).
+
+        Why: each round trip is two wake-ups of two processes; 10,000 small migrations spent
+        most of their time waiting for them (1.3× dbmate's time before, see bench/README.md).
+
+        The bookkeeping's values are literals (``E''`` strings: the same meaning whatever
+        ``standard_conforming_strings`` says); its tables, functions and types are
+        schema-qualified, so the migration's ``search_path`` or ``SET ROLE`` cannot move it.
+        Statements are joined by a newline, ``;`` and a newline: a statement ending in a ``--``
+        comment cannot swallow the separator.
+
+        On an error the transaction is rolled back and False returned: :meth:`apply` then runs
+        the migration again step by step, which names the failing statement and its line,
+        retries, re-runs it outside a transaction or records the failure exactly as before (a
+        failing migration's statements run twice, as they did with the batch and its replay).
+        A lost connection is raised: :meth:`apply` reports it as a lost lock."""
+        import psycopg
+
+        sqlx = executors.sql
+        section = sqlx.section(mig, direction)
+        name = sql_literal(mig.name)
+        entry = Entry(
+            name=mig.name,
+            direction=direction,
+            outcome="applied" if direction == "up" else "reverted",
+            checksum=mig.checksum,
+            transactional=True,
+            started_at=started,
+            duration_ms=0.0,  # the server measures it: record_sql
+        )
+        parts = [self.session_setup(mig.name, True, durable)]
+        parts += [st.sql for st in section.statements]
+        if len(parts) > 1:  # marks for the heartbeat (runner/progress.py), which shows them
+            parts[1] = f"{MIGRATION_MARK}\n{parts[1]}"
+        parts.append(f"{BOOKKEEPING_MARK}\n{self.bookkeeping_setup()}")
+        parts.append(
+            self.meta.log_sql(name, with_ts) if direction == "up" else self.meta.unlog_sql(name)
+        )
+        parts.append(
+            self.history.record_sql(entry, self.settings.identity, lock_proof, sql_literal)
+        )
+        parts.append("COMMIT")
+        try:
+            conn.execute("\n;\n".join(parts).encode())
+        except psycopg.Error as exc:
+            if is_connection_lost(exc) or conn.closed or conn.broken:
+                raise
+            rollback(conn)
+            sqlx.unbatched.add(mig.path)
+            return False
+        return True
 
     def bookkeeping_setup(self) -> str:
         """Inside the migration's transaction, before SequelizeMeta and history are written."""
@@ -1018,6 +1217,20 @@ def rollback(conn: psycopg.Connection) -> None:
             conn.execute(b"ROLLBACK")
     except Exception:
         pass
+
+
+def sql_literal(value: object) -> str:
+    """A bookkeeping value as SQL text, for a message sent without parameters: by hand, as
+    adapting each value through psycopg costs ten times more, and exact for these types."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return quote_literal(value)
+    raise TypeError(f"no SQL literal for {type(value).__name__}")
 
 
 def first_line(exc: BaseException) -> str:

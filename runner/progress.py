@@ -151,7 +151,7 @@ class Progress:
             if state == "active" and query:
                 from runner.settings import redact
 
-                statement = redact(one_line(str(query)), self.settings.password)
+                statement = redact(one_line(migration_part(str(query))), self.settings.password)
                 waiting = f", waiting on {wait_type}:{wait_event}" if wait_type else ""
                 text += f"; statement running for {float(seconds or 0):.0f}s{waiting}: {statement}"
                 fields.update(
@@ -169,3 +169,18 @@ class Progress:
         if self._conn is None or self._conn.closed:
             self._conn = connect(self.settings, "heartbeat")
         return self._conn.execute(ACTIVITY, (pid,)).fetchone()
+
+
+#: Around a migration's statements in a migration sent as one message (Migrator.
+#: apply_one_message): the heartbeat shows them, not the session reset before them.
+MIGRATION_MARK = "/*migrunner:migration*/"
+BOOKKEEPING_MARK = "/*migrunner:bookkeeping*/"
+
+
+def migration_part(query: str) -> str:
+    """The migration's own statements of a one-message migration (pg_stat_activity shows the
+    first 1 KiB of the message); any other query as it is."""
+    _, found, rest = query.partition(MIGRATION_MARK)
+    if not found:
+        return query
+    return rest.partition(BOOKKEEPING_MARK)[0].strip().rstrip(";").strip()

@@ -24,7 +24,10 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+from runner.plan import ordered_applied
+
 CONNECTION_OK = 0
+PGRES_COMMAND_OK = 1
 PGRES_TUPLES_OK = 2
 
 
@@ -34,6 +37,34 @@ class QuickState(NamedTuple):
     meta_exists: bool
     busy: bool  # the migration lock is held, or another migrunner session is connected
     schema: str  # the storage schema, resolved as the ordinary path resolves it
+    history_exists: bool = False
+    #: the history's mark and the recorded verifications (runner/verified.py), when asked
+    history_mark: str | None = None
+    verified: tuple[tuple[str, ...], ...] = ()
+    unfinished: tuple[str, ...] = ()  # pool-mode runs never finished, when asked
+    checksums_read: bool = True
+
+
+class Queries(NamedTuple):
+    """The ordinary path's own queries for the resolved schema; ``$1`` is the storage table."""
+
+    applied: str
+    checksums: str
+    history_mark: str | None = None
+    verified_rows: str | None = None
+    unfinished: str | None = None
+    record_verified: tuple[str, str] | None = None  # $1 storage, $2..$4 the marks
+    create_verified: str | None = None  # when missing: created before recording
+
+
+class Verify(NamedTuple):
+    """Skip the checksums when a recorded verification covers the folder: ``covered(state)``
+    says so from the first read; otherwise the checksums are read, and ``record(state)``
+    (after the caller verified in full) returns (folder, applied, history) to record, or
+    None. Both run while the connection is open."""
+
+    covered: Callable[[QuickState], bool]
+    record: Callable[[QuickState], tuple[str, str, str] | None]
 
 
 _lib: Any = None
@@ -173,19 +204,47 @@ def query(
         lib.PQclear(res)
 
 
+def command(lib: Any, conn: int, sql: str, params: Sequence[str | None]) -> bool:
+    """Run one statement whose result is not needed; whether it succeeded."""
+    arr = (ctypes.c_char_p * max(len(params), 1))(
+        *[None if p is None else p.encode() for p in params]
+    )
+    res = lib.PQexecParams(conn, sql.encode(), len(params), None, arr, None, None, 0)
+    if not res:
+        return False
+    try:
+        return bool(lib.PQresultStatus(res) in (PGRES_COMMAND_OK, PGRES_TUPLES_OK))
+    finally:
+        lib.PQclear(res)
+
+
+#: the recording of a verification waits at most this long for a lock or for the server
+BOUNDED = (
+    "SELECT pg_catalog.set_config('lock_timeout', '1s', false), "
+    "pg_catalog.set_config('statement_timeout', '5s', false)"
+)
+
+
 def read_state(
     conninfo: Mapping[str, str],
     table: str,
     history_table: str,
     schema: str | None,
-    queries: Callable[[str], tuple[str, str]],
+    queries: Callable[[str], Queries | tuple[str, str]],
     storage: str,
     lock_ids: tuple[int, int] = (0, 0),
+    verified_table: str | None = None,
+    verify: Verify | None = None,
 ) -> QuickState | None:
     """The state, or None to take the ordinary path: two statements (the second only when
     SequelizeMeta exists) built from the ordinary path's own queries. ``busy`` (the migration
     lock, ``lock_ids`` = its pg_locks classid/objid, is held or another migrunner session is
-    connected) tells whether node may be booted before the lock is taken."""
+    connected) tells whether node may be booted before the lock is taken.
+
+    With ``verify`` (and ``verified_table`` existing), the second statement reads the
+    history's mark and the recorded verifications instead of the checksums; only when none
+    covers the folder does a third read names, checksums and mark again (one snapshot, so
+    what is verified and what is recorded agree), and the verification is then recorded."""
     lib = libpq()
     if lib is None:
         return None
@@ -203,11 +262,12 @@ def read_state(
             return None
         classid, objid = (int(x) for x in lock_ids)
         # the storage schema as the ordinary path resolves it (--schema, else current_schema())
-        ((resolved, meta_exists, history_exists, busy),) = query(
+        ((resolved, meta_exists, history_exists, verified_exists, busy),) = query(
             lib,
             conn,
             "SELECT x.s, pg_catalog.to_regclass(pg_catalog.format('%I.%I', x.s, $1::text)) "
             "IS NOT NULL, pg_catalog.to_regclass(pg_catalog.format('%I.%I', x.s, $2::text)) "
+            "IS NOT NULL, pg_catalog.to_regclass(pg_catalog.format('%I.%I', x.s, $4::text)) "
             "IS NOT NULL, "
             "EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' "
             f"AND classid = {classid}::oid AND objid = {objid}::oid AND objsubid = 1 "
@@ -215,31 +275,88 @@ def read_state(
             "OR EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
             "AND datname = current_database() AND application_name LIKE 'migrunner/%') "
             "FROM (SELECT coalesce($3::text, pg_catalog.current_schema()) AS s) x",
-            (table, history_table, schema),
+            (table, history_table, schema, verified_table or history_table),
         )
         if resolved is None:
             return None  # the ordinary path says why (no schema to keep SequelizeMeta in)
-        applied_sql, checksums_sql = queries(resolved)
+        got_q = queries(resolved)
+        q = got_q if isinstance(got_q, Queries) else Queries(*got_q)
+        has_history = history_exists == "t"
         if meta_exists != "t":
-            return QuickState((), {}, False, busy == "t", resolved)
-        # one value per list: a ctypes call per row and column would cost more than psycopg
-        names = f"SELECT coalesce(json_agg(s.name ORDER BY s.name), '[]') FROM ({applied_sql}) s"
-        sums = "'{}'"
-        if history_exists == "t":
-            sums = (
-                "(SELECT coalesce(json_object_agg(c.name, c.checksum), '{}') "
-                f"FROM ({checksums_sql}) c WHERE c.checksum IS NOT NULL)"
-            )
-        ((applied_json, sums_json),) = query(
-            lib, conn, f"SELECT ({names}), {sums}", (storage,) if history_exists == "t" else ()
-        )
+            if has_history and q.unfinished:
+                return None  # history without SequelizeMeta: rare, the ordinary path lists it
+            return QuickState((), {}, False, busy == "t", resolved, has_history)
         import json
 
-        applied = tuple(json.loads(applied_json or "[]"))
-        checksums = json.loads(sums_json or "{}") if applied else {}
-        if not all(isinstance(n, str) for n in applied) or not isinstance(checksums, dict):
-            return None
-        return QuickState(applied, checksums, True, busy == "t", resolved)
+        def read(with_checksums: bool, with_rows: bool) -> QuickState:
+            # one value per list: a ctypes call per row and column would cost more than psycopg
+            # unsorted: the server's sort by collation costs more than the whole json_agg
+            cols = [f"SELECT coalesce(json_agg(s.name), '[]') FROM ({q.applied}) s"]
+            if has_history:
+                if with_checksums:
+                    cols.append(
+                        "SELECT coalesce(json_object_agg(c.name, c.checksum), '{}') "
+                        f"FROM ({q.checksums}) c WHERE c.checksum IS NOT NULL"
+                    )
+                if q.history_mark:
+                    cols.append(q.history_mark)
+                if q.unfinished:
+                    cols.append(f"SELECT coalesce(json_agg(u.name), '[]') FROM ({q.unfinished}) u")
+                if with_rows and q.verified_rows:
+                    cols.append(q.verified_rows)
+            sql = "SELECT " + ", ".join(f"({c})" for c in cols)
+            ((applied_json, *rest),) = query(lib, conn, sql, (storage,) if has_history else ())
+            names = json.loads(applied_json or "[]")
+            if not all(isinstance(n, str) for n in names):
+                raise ValueError("unexpected SequelizeMeta names")
+            applied = tuple(ordered_applied(names))  # run order
+            checksums: dict[str, str] = {}
+            mark = unfinished = rows = None
+            if has_history:
+                if with_checksums:
+                    checksums = json.loads(rest.pop(0) or "{}") if applied else {}
+                    if not isinstance(checksums, dict):
+                        raise ValueError("unexpected checksums")
+                if q.history_mark:
+                    mark = rest.pop(0)
+                if q.unfinished:
+                    unfinished = json.loads(rest.pop(0) or "[]")
+                if with_rows and q.verified_rows:
+                    rows = json.loads(rest.pop(0) or "[]")
+            return QuickState(
+                applied,
+                checksums,
+                True,
+                busy == "t",
+                resolved,
+                has_history,
+                mark,
+                tuple(tuple(r) for r in rows or ()),
+                tuple(unfinished or ()),
+                with_checksums or not has_history,
+            )
+
+        if verify is None or not has_history:
+            return read(True, False)
+        if verified_exists == "t":
+            got = read(False, True)
+            if verify.covered(got):
+                return got
+            got = read(True, False)  # names, checksums and mark of one snapshot
+        else:
+            got = read(True, False)
+            verify.covered(got)  # (it is not: nothing was recorded yet)
+        marks = verify.record(got)
+        if marks is not None and q.record_verified is not None:
+            steps = list(q.record_verified)
+            if verified_exists != "t" and q.create_verified:
+                steps.insert(0, q.create_verified)
+            # never wait long for a lock here: it is only a shortcut for the next run
+            steps.insert(0, BOUNDED)
+            for sql in steps:  # best effort: read-only users, standbys...
+                if not command(lib, conn, sql, (storage, *marks) if "$1" in sql else ()):
+                    break
+        return got
     except (LookupError, UnicodeDecodeError, ValueError):
         return None
     finally:

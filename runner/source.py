@@ -132,21 +132,57 @@ class Prehash:
     the connection and the ``SequelizeMeta`` read. :meth:`wait` before the first checksum is
     used; whatever the thread did not do is done lazily by :attr:`Migration.checksum`.
 
-    Why hash at all rather than trust size and mtime: image builds commonly normalise mtimes
-    (reproducible builds, ``SOURCE_DATE_EPOCH``), and a pod's file system is new at every
-    start, so a stat-based cache would either miss edits or never hit. Content hashes keep
-    drift detection exact at ≈ 4.5 µs per file.
+    With ``digest``, the thread first takes the folder's stat digest (runner/verified.py) and
+    then waits: :meth:`skip` when the database has a matching verification (no hashing at
+    all: ≈ 30 ms of stat instead of ≈ 80 ms of reading on every pod start), :meth:`start`
+    (or :meth:`wait`) to hash. A size/mtime cache alone would be unsound (image builds
+    normalise mtimes, so an edited file can keep both); the digest adds ctime and inode,
+    which user space cannot set back.
     """
 
-    def __init__(self, migrations: Sequence[Migration]) -> None:
+    def __init__(self, migrations: Sequence[Migration], digest: bool = False) -> None:
         import threading
 
+        self.digest: str | None = None
+        self.digested = threading.Event()
+        self.go = threading.Event()
+        self.hashing = True
+        if not digest:
+            self.digested.set()
+            self.go.set()
         self.thread = threading.Thread(
-            target=hash_all, args=(migrations,), name="migrunner-prehash", daemon=True
+            target=self._run, args=(migrations, digest), name="migrunner-prehash", daemon=True
         )
         self.thread.start()
 
+    def _run(self, migrations: Sequence[Migration], digest: bool) -> None:
+        if digest:
+            from runner.verified import folder_digest
+
+            try:
+                self.digest = folder_digest(migrations)
+            finally:
+                self.digested.set()
+            self.go.wait()
+        if self.hashing:
+            hash_all(migrations)
+
+    def folder(self) -> str | None:
+        """The stat digest taken before any file was read (None: not taken, or not usable)."""
+        self.digested.wait()
+        return self.digest
+
+    def start(self) -> None:
+        self.go.set()
+
+    def skip(self) -> None:
+        """No hashing: a recorded verification covers the folder (checksums stay lazy)."""
+        if not self.go.is_set():
+            self.hashing = False
+            self.go.set()
+
     def wait(self) -> None:
+        self.go.set()
         self.thread.join()
 
 

@@ -81,5 +81,18 @@ class MetaTable:
         else:
             conn.execute(f'INSERT INTO {self.ref} ("name") VALUES (%s)', (name,))
 
+    def log_sql(self, name_literal: str, with_timestamps: bool) -> str:
+        """:meth:`log` as one statement, the name already quoted (a migration sent to the
+        server as one message: ``Migrator.apply_one_message``)."""
+        if with_timestamps:
+            return (
+                f'INSERT INTO {self.ref} ("name", "createdAt", "updatedAt") '
+                f"VALUES ({name_literal}, pg_catalog.now(), pg_catalog.now())"
+            )
+        return f'INSERT INTO {self.ref} ("name") VALUES ({name_literal})'
+
+    def unlog_sql(self, name_literal: str) -> str:
+        return f'DELETE FROM {self.ref} WHERE "name" = {name_literal}'
+
     def unlog(self, conn: psycopg.Connection, name: str) -> None:
         conn.execute(f'DELETE FROM {self.ref} WHERE "name" = %s', (name,))

@@ -159,6 +159,7 @@ def verify(settings: Settings, log: Log, strict: bool = False) -> VerifyReport:
     from runner.history import HISTORY_TABLE
     from runner.migrator import guarded, raise_empty
     from runner.plan import Plan, plan_up
+    from runner.verified import VERIFIED_TABLE
 
     report = VerifyReport(settings.target, strict)
     with _session(settings, log) as (migrator, conn, fp_conn, executors, lock):
@@ -172,7 +173,12 @@ def verify(settings: Settings, log: Log, strict: bool = False) -> VerifyReport:
         check_empty(guarded(lambda: fingerprint(fp_conn)), settings.target)
         guarded(lambda: migrator.ensure_tables(conn))
         skip = excluded_tables(
-            fp_conn, [(settings.schema, settings.table), (settings.schema, HISTORY_TABLE)]
+            fp_conn,
+            [
+                (settings.schema, settings.table),
+                (settings.schema, HISTORY_TABLE),
+                (settings.schema, VERIFIED_TABLE),
+            ],
         )
 
         def snapshot() -> Fingerprint:

@@ -29,7 +29,7 @@ APP = FIXTURES / "dbmate"
 DBMATE = APP / "node_modules" / "@dbmate" / "linux-x64" / "bin" / "dbmate"
 MIGRATIONS = APP / "db" / "migrations"
 VERSIONS = ["20240101000000", "20240101000100", "20240101000200"]
-BOOKKEEPING = ("schema_migrations", "SequelizeMeta", "migrunner_history")
+BOOKKEEPING = ("schema_migrations", "SequelizeMeta", "migrunner_history", "migrunner_verified")
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@ databases, same results.
 
 Each tool gets its own fresh database; the comparison is a catalog fingerprint (every table,
 column, constraint, index, enum, sequence, view, function, trigger, comment, and rows per
-table) plus the SequelizeMeta rows. migrunner's own ``migrunner_history`` is left out: it is
-the one object sequelize-cli never creates.
+table) plus the SequelizeMeta rows. migrunner's own ``migrunner_history`` and
+``migrunner_verified`` are left out: the objects sequelize-cli never creates.
 """
 
 from __future__ import annotations

@@ -51,11 +51,14 @@ def holder_pid(db: psycopg.Connection, key: int = DEFAULT_KEY) -> int | None:
 
 
 def committing(db_url: str, name: str) -> bool:
-    """The runner's COMMIT is running the deferred trigger, which waits on the gate."""
+    """The runner's COMMIT is running the deferred trigger, which waits on the gate: the COMMIT
+    alone, or a migration sent as one message (pg_stat_activity shows its first 1 KiB, not
+    the COMMIT at its end; the trigger is deferred, so a lock wait there is the commit's)."""
     with psycopg.connect(db_url, autocommit=True) as c:
         row = c.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s "
-            "AND wait_event_type = 'Lock' AND query ILIKE 'COMMIT%%'",
+            "AND wait_event_type = 'Lock' "
+            "AND (query ILIKE 'COMMIT%%' OR query ILIKE '%%CREATE CONSTRAINT TRIGGER audit_commit%%')",
             (f"migrunner/% running {name}",),
         ).fetchone()
     return bool(row and row[0])

@@ -26,7 +26,7 @@ from tests.support.state import connected
 
 Fingerprint = dict[str, dict[str, Any]]
 
-DEFAULT_EXCLUDED = ("migrunner_history",)
+DEFAULT_EXCLUDED = ("migrunner_history", "migrunner_verified")
 
 
 def _excluded_oids(

@@ -71,7 +71,7 @@ def exists(conn_or_url: psycopg.Connection[Any] | str, relation: str) -> bool:
         return bool(row and row[0])
 
 
-BOOKKEEPING = ("-T", '"SequelizeMeta"', "-T", "migrunner_history*")
+BOOKKEEPING = ("-T", '"SequelizeMeta"', "-T", "migrunner_history*", "-T", "migrunner_verified*")
 
 
 def snapshot(url: str, app_only: bool = False) -> Snapshot:
