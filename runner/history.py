@@ -107,6 +107,27 @@ END $migrunner$"""
         row = conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (self.ref,)).fetchone()
         return bool(row and row[0])
 
+    def _leading(self, entry: Entry) -> tuple[object, ...]:
+        """The row's values up to ``started_at``, in :meth:`_insert_columns` order."""
+        return (
+            self.storage,
+            entry.name,
+            entry.direction,
+            entry.outcome,
+            entry.checksum,
+            entry.transactional,
+            entry.attempts,
+            entry.note,
+            entry.error,
+        )
+
+    def _insert_columns(self) -> str:
+        return (
+            f"INSERT INTO {self.ref} (storage_table, name, direction, outcome, checksum, "
+            "transactional, attempts, note, error, started_at, duration_ms, runner_host, "
+            "runner_pod, runner_version) "
+        )
+
     def record(
         self,
         conn: psycopg.Connection,
@@ -119,26 +140,14 @@ END $migrunner$"""
         runner whose lock was taken away (``lock release --force``) cannot commit — at no cost
         of an extra round trip."""
         values = (
-            self.storage,
-            entry.name,
-            entry.direction,
-            entry.outcome,
-            entry.checksum,
-            entry.transactional,
-            entry.attempts,
-            entry.note,
-            entry.error,
+            *self._leading(entry),
             entry.started_at,
             entry.duration_ms,
             who.host,
             who.pod_ref,
             who.version,
         )
-        columns = (
-            f"INSERT INTO {self.ref} (storage_table, name, direction, outcome, checksum, "
-            "transactional, attempts, note, error, started_at, duration_ms, runner_host, "
-            "runner_pod, runner_version) "
-        )
+        columns = self._insert_columns()
         if lock is None:
             cur = conn.execute(
                 columns + "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", values
@@ -169,19 +178,7 @@ END $migrunner$"""
         check divides by the number of matching locks, so a missing lock is SQLSTATE 22012,
         which aborts the rest of the message, ``COMMIT`` included."""
         values = ", ".join(
-            literal(v)
-            for v in (
-                self.storage,
-                entry.name,
-                entry.direction,
-                entry.outcome,
-                entry.checksum,
-                entry.transactional,
-                entry.attempts,
-                entry.note,
-                entry.error,
-                entry.started_at.isoformat(),
-            )
+            literal(v) for v in (*self._leading(entry), entry.started_at.isoformat())
         )
         who_values = ", ".join(literal(v) for v in (who.host, who.pod_ref, who.version))
         pid, classid, objid = (int(x) for x in lock)
@@ -190,9 +187,7 @@ END $migrunner$"""
             f"WHERE pid = {pid} AND locktype = 'advisory' AND granted "
             f"AND classid = {classid}::pg_catalog.oid AND objid = {objid}::pg_catalog.oid "
             "AND objsubid = 1);\n"
-            f"INSERT INTO {self.ref} (storage_table, name, direction, outcome, checksum, "
-            "transactional, attempts, note, error, started_at, duration_ms, runner_host, "
-            f"runner_pod, runner_version) VALUES ({values}, "
+            f"{self._insert_columns()}VALUES ({values}, "
             "pg_catalog.date_part('epoch', pg_catalog.clock_timestamp() - "
             "pg_catalog.statement_timestamp()) * 1000, "
             f"{who_values})"
