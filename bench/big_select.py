@@ -46,6 +46,17 @@ module.exports = {{
 """
 
 
+def commands(migrunner: Path) -> dict[str, list[str]]:
+    """Each tool's command line (the folder and the URL are appended per run)."""
+    return {
+        "migrunner": [str(migrunner), "up"],
+        "sequelize-cli": [
+            str(BENCH / "node" / "node_modules" / ".bin" / "sequelize-cli"),
+            "db:migrate",
+        ],
+    }
+
+
 def measure(
     server: Server, tool: str, argv: list[str], folder: Path, log_dir: Path, rows: int
 ) -> dict[str, Any]:
@@ -77,13 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=BENCH / "results" / "big_select.json")
     args = ap.parse_args(argv)
     ensure_node(BENCH / "node")
-    tools = {
-        "migrunner": [str(args.migrunner), "up"],
-        "sequelize-cli": [
-            str(BENCH / "node" / "node_modules" / ".bin" / "sequelize-cli"),
-            "db:migrate",
-        ],
-    }
+    tools = commands(args.migrunner)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="mrbench-big-") as tmp, server_from_env() as server:
         folder = Path(tmp) / "migrations"

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from big_select import MIGRATION
+from big_select import MIGRATION, commands
 from measure import MIB
 from run import BENCH, ROOT, Server, base_env, ensure_node, server_from_env
 
@@ -147,13 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         print("memlimit.py creates memory cgroups: run it as root", file=sys.stderr)
         return 2
     ensure_node(BENCH / "node")
-    tools = {
-        "migrunner": [str(args.migrunner), "up"],
-        "sequelize-cli": [
-            str(BENCH / "node" / "node_modules" / ".bin" / "sequelize-cli"),
-            "db:migrate",
-        ],
-    }
+    tools = commands(args.migrunner)
     limit = args.limit_mib * MIB
     outcomes: list[Outcome] = []
     tmpdir = tempfile.TemporaryDirectory(prefix="mrbench-memlimit-")
