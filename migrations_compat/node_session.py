@@ -46,9 +46,20 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 SESSION_JS = os.path.join(os.path.dirname(os.path.realpath(__file__)), "shim", "session.js")
-#: Commands that read the config and may run JS migrations (status needs no bridge and keeps
-#: its own, Python-side fast path).
-EARLY_COMMANDS = frozenset({"up", "db:migrate", "down", "db:migrate:undo", "db:migrate:undo:all"})
+#: Commands that read the config: the ones that may run JS migrations, and ``status`` (a
+#: readiness probe as frequent as the no-op; it never turns the node into a bridge, the run
+#: ends it like a no-op's).
+EARLY_COMMANDS = frozenset(
+    {
+        "up",
+        "db:migrate",
+        "down",
+        "db:migrate:undo",
+        "db:migrate:undo:all",
+        "status",
+        "db:migrate:status",
+    }
+)
 #: Options that take a value, as far as finding the config's files needs to know.
 _VALUE_OPTIONS = {"--config": "config", "--options-path": "options_path", "--url": "url"}
 

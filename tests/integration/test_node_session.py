@@ -116,6 +116,20 @@ def test_a_noop_run_never_loads_sequelize(tmp_path: Path, db_url: str) -> None:
     assert gone(events[0][1])  # and reaped by the runner before it exited
 
 
+@pytest.mark.parametrize("command", ["status", "db:migrate:status"])
+def test_status_reads_the_config_in_the_node_started_first(
+    tmp_path: Path, db_url: str, command: str
+) -> None:
+    cwd = app(tmp_path)
+    done = migrunner(cwd, db_url, command)
+    assert done.returncode == 0, done.stderr
+    assert "20240101000000-create-things.js" in done.stdout
+    events = trace(cwd)
+    assert [e[0] for e in events] == ["config"], events  # never a bridge: no require
+    assert "session.js" in events[0][2]  # the node started before Python's imports
+    assert gone(events[0][1])  # ended and reaped before the runner exited
+
+
 def test_the_old_way_still_works(tmp_path: Path, db_url: str) -> None:
     """MIGRUNNER_EARLY_NODE=0: a config node of its own, then a bridge node (two pids)."""
     cwd = app(tmp_path)
@@ -214,7 +228,7 @@ def test_the_config_loader_uses_the_node_started_first(
     ("files", "argv"),
     [
         ({"config/config.json": '{"development": {"dialect": "postgres"}}'}, ["up"]),
-        ({"src/db.js": FLAT}, ["status", "--config", "src/db.js"]),
+        ({"src/db.js": FLAT}, ["history", "--config", "src/db.js"]),
         ({"src/db.js": FLAT}, ["up", "--config", "src/db.js", "--help"]),
         ({}, ["up", "--url", "postgresql://app@db/app"]),
     ],
