@@ -13,7 +13,13 @@ import psycopg
 import pytest
 
 from tests.support.ci import under_ci
-from tests.support.pg import create_database, drop_database_soon, finish_drops, server_url
+from tests.support.pg import (
+    create_database,
+    drop_database,
+    drop_database_soon,
+    finish_drops,
+    server_url,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -62,6 +68,16 @@ def db_url(pg_server: str) -> Iterator[str]:
         yield url
     finally:
         drop_database_soon(pg_server, url)
+
+
+@pytest.fixture
+def other_db_url(pg_server: str) -> Iterator[str]:
+    """A second fresh database, so each tool gets its own."""
+    url = create_database(pg_server)
+    try:
+        yield url
+    finally:
+        drop_database(pg_server, url)
 
 
 @pytest.fixture

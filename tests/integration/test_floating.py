@@ -9,7 +9,6 @@ migrunner must say once, per migration, what it ran un-awaited.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -18,7 +17,6 @@ import pytest
 from tests.conftest import run_cli
 from tests.integration.test_pitfalls import APP, sequelize_cli, snapshot
 from tests.support.node_apps import ensure_npm_ci
-from tests.support.pg import create_database, drop_database
 from tests.support.state import meta_rows
 
 
@@ -26,15 +24,6 @@ from tests.support.state import meta_rows
 def app_modules() -> Path:
     """The pitfalls app with its pinned sequelize-cli installed."""
     return ensure_npm_ci(APP)
-
-
-@pytest.fixture
-def other_db(pg_server: str) -> Iterator[str]:
-    url = create_database(pg_server)
-    try:
-        yield url
-    finally:
-        drop_database(pg_server, url)
 
 
 FLOATING = APP / "floating"
@@ -52,10 +41,10 @@ def migrunner(url: str, folder: Path, *extra: str, env: dict[str, str] | None = 
 
 
 def test_floating_calls_end_as_under_sequelize_cli(
-    app_modules: Path, db_url: str, db: psycopg.Connection, other_db: str
+    app_modules: Path, db_url: str, db: psycopg.Connection, other_db_url: str
 ) -> None:
     ours = migrunner(db_url, PARITY)
-    theirs = sequelize_cli(app_modules, other_db, PARITY, "db:migrate")
+    theirs = sequelize_cli(app_modules, other_db_url, PARITY, "db:migrate")
     assert (ours.returncode, theirs.returncode) == (0, 0), ours.stderr + theirs.stderr
     warnings = [line for line in ours.stderr.splitlines() if "not awaited" in line]
     assert len(warnings) == len(FLOATS), ours.stderr  # one per migration
@@ -63,7 +52,7 @@ def test_floating_calls_end_as_under_sequelize_cli(
         assert line.startswith(f"warning: {name} (up): not awaited: {statement}"), line
         assert line.endswith("; they ran in the migration's transaction"), line
     assert 'ADD COLUMN "discontinued"' in warnings[3] and 'ADD COLUMN "released"' in warnings[3]
-    with psycopg.connect(other_db, autocommit=True) as reference:
+    with psycopg.connect(other_db_url, autocommit=True) as reference:
         expected = snapshot(reference)
         assert list(meta_rows(reference)) == sorted(p.name for p in PARITY.glob("*.js"))
         assert list(meta_rows(db)) == list(meta_rows(reference))
@@ -84,11 +73,11 @@ def test_floating_calls_end_as_under_sequelize_cli(
 
 
 def test_floating_call_that_fails_rolls_the_migration_back_entirely(
-    app_modules: Path, db_url: str, db: psycopg.Connection, other_db: str
+    app_modules: Path, db_url: str, db: psycopg.Connection, other_db_url: str
 ) -> None:
     folder = FLOATING / "fails"
     ours = migrunner(db_url, folder)
-    theirs = sequelize_cli(app_modules, other_db, folder, "db:migrate")
+    theirs = sequelize_cli(app_modules, other_db_url, folder, "db:migrate")
     assert (ours.returncode, theirs.returncode) == (1, 1)
     errors = [line for line in ours.stderr.splitlines() if line.startswith("error:")]
     assert errors[0] == (
@@ -97,7 +86,7 @@ def test_floating_call_that_fails_rolls_the_migration_back_entirely(
         'column "cost" of relation "gadgets" does not exist [SQLSTATE 42703] in statement: '
         "UPDATE gadgets SET cost = price * 2 (not awaited)"
     )
-    with psycopg.connect(other_db, autocommit=True) as debris:
+    with psycopg.connect(other_db_url, autocommit=True) as debris:
         # sequelize-cli: same exit code and SequelizeMeta, but the awaited statements stayed
         assert list(meta_rows(debris)) == ["20240301000000-gadgets.js"]
         assert debris.execute("SELECT to_regclass('price_history')").fetchone() != (None,)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -25,7 +24,6 @@ from runner.log import Log
 from tests.conftest import FIXTURES, run_cli
 from tests.support.catalog import Fingerprint, app_schemas, fingerprint
 from tests.support.node_apps import ensure_npm_ci, run_sequelize_cli
-from tests.support.pg import create_database, drop_database
 from tests.support.state import exists, meta_rows
 
 APP = FIXTURES / "pitfalls"
@@ -41,15 +39,6 @@ VOLATILE_COLUMNS = {"createdAt", "updatedAt"}
 def app_modules() -> Path:
     """The fixture app, its node_modules installed (by .ci/run, or here when missing)."""
     return ensure_npm_ci(APP)
-
-
-@pytest.fixture
-def other_db(pg_server: str) -> Iterator[str]:
-    url = create_database(pg_server)
-    try:
-        yield url
-    finally:
-        drop_database(pg_server, url)
 
 
 def sequelize_cli(
@@ -251,7 +240,7 @@ def assert_nothing_of_the_failed_migration(db: psycopg.Connection) -> None:
 
 
 def test_cli_runs_every_pattern_and_matches_sequelize_cli(
-    app_modules: Path, db_url: str, db: psycopg.Connection, other_db: str
+    app_modules: Path, db_url: str, db: psycopg.Connection, other_db_url: str
 ) -> None:
     ours = run_cli(
         "up", "--url", db_url, "--migrations-path", str(MIGRATIONS), env={"DATABASE_URL": db_url}
@@ -260,9 +249,9 @@ def test_cli_runs_every_pattern_and_matches_sequelize_cli(
     assert ours.stdout.rstrip().endswith("Migrations completed successfully")
     for name in NEEDS_AUTOCOMMIT:
         assert f"{name}: " in ours.stderr and "re-running it outside a transaction" in ours.stderr
-    theirs = sequelize_cli(app_modules, other_db, MIGRATIONS, "db:migrate")
+    theirs = sequelize_cli(app_modules, other_db_url, MIGRATIONS, "db:migrate")
     assert theirs.returncode == 0, theirs.stdout + theirs.stderr
-    with psycopg.connect(other_db, autocommit=True) as reference:
+    with psycopg.connect(other_db_url, autocommit=True) as reference:
         expected = snapshot(reference)
         assert meta_rows(reference) == tuple(ALL)
     assert len(expected["indexes"]) >= 8 and len(expected["data"]["public.posts"]) == 2
@@ -326,7 +315,7 @@ def test_cli_up_then_down_all_is_reversible(
 
 
 def test_cli_failure_halfway_leaves_nothing_where_sequelize_cli_leaves_debris(
-    app_modules: Path, db_url: str, db: psycopg.Connection, other_db: str
+    app_modules: Path, db_url: str, db: psycopg.Connection, other_db_url: str
 ) -> None:
     ours = run_cli("up", "--url", db_url, "--migrations-path", str(ATOMICITY))
     assert ours.returncode == 1
@@ -336,9 +325,9 @@ def test_cli_failure_halfway_leaves_nothing_where_sequelize_cli_leaves_debris(
     ) in ours.stderr
     assert_nothing_of_the_failed_migration(db)
     # sequelize-cli, same folder: the statements before the throw stay, unrecorded
-    theirs = sequelize_cli(app_modules, other_db, ATOMICITY, "db:migrate")
+    theirs = sequelize_cli(app_modules, other_db_url, ATOMICITY, "db:migrate")
     assert theirs.returncode == 1
-    with psycopg.connect(other_db, autocommit=True) as debris:
+    with psycopg.connect(other_db_url, autocommit=True) as debris:
         assert column_names(debris, "ledger") == {"id", "amount", "note"}
         assert exists(debris, "ledger_archive")
         assert meta_rows(debris) == ("20240201000000-create-ledger.js",)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import FIXTURES, run_cli
 from tests.support import node_apps
 from tests.support.node_apps import ensure_npm_ci
-from tests.support.pg import create_database, drop_database, url_parts
+from tests.support.pg import url_parts
 
 FORUM = FIXTURES / "forum"
 SEQUELIZE_CLI = FORUM / "node_modules" / ".bin" / "sequelize-cli"
@@ -65,16 +65,6 @@ def run_sequelize_cli(
 def sequelize_cli(forum_app: Path) -> SequelizeCli:
     """``sequelize_cli(*args, env=..., cwd=...)``: the real sequelize-cli 6.6.5 of the app."""
     return run_sequelize_cli
-
-
-@pytest.fixture
-def other_db_url(pg_server: str) -> Iterator[str]:
-    """A second fresh database, so each tool gets its own."""
-    url = create_database(pg_server)
-    try:
-        yield url
-    finally:
-        drop_database(pg_server, url)
 
 
 def migrunner(*args: str, url: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
