@@ -24,7 +24,6 @@ from tests.integration.test_pitfalls import (  # noqa: F401  (fixtures)
     APP,
     VOLATILE_COLUMNS,
     app_modules,
-    other_db,
     sequelize_cli,
 )
 from tests.support.catalog import Fingerprint, app_schemas, fingerprint
@@ -127,15 +126,15 @@ def test_each_pattern_ends_as_under_sequelize_cli_in_its_mode(
     app_modules: Path,  # noqa: F811
     db_url: str,
     db: psycopg.Connection,
-    other_db: str,  # noqa: F811
+    other_db_url: str,
 ) -> None:
     names = [p.name for p in PATTERNS]
     assert names == sorted(p.name for p in PARITY.glob("*.js"))
     ours = run_cli("up", "--url", db_url, "--migrations-path", str(PARITY))
-    theirs = sequelize_cli(app_modules, other_db, PARITY, "db:migrate")
+    theirs = sequelize_cli(app_modules, other_db_url, PARITY, "db:migrate")
     assert theirs.returncode == 0, theirs.stdout + theirs.stderr
     assert ours.returncode == 0, ours.stderr
-    with psycopg.connect(other_db, autocommit=True) as reference:
+    with psycopg.connect(other_db_url, autocommit=True) as reference:
         for pattern in PATTERNS:
             assert reference.execute(pattern.query).fetchall() == pattern.rows, pattern.name
         expected = snapshot(reference)
@@ -153,7 +152,7 @@ def test_statement_without_its_transaction_completes_where_sequelize_cli_hangs(
     app_modules: Path,  # noqa: F811
     db_url: str,
     db: psycopg.Connection,
-    other_db: str,  # noqa: F811
+    other_db_url: str,
 ) -> None:
     folder = MODES / "missing-transaction-option"
     name = only_migration(folder)
@@ -167,7 +166,7 @@ def test_statement_without_its_transaction_completes_where_sequelize_cli_hangs(
             str(app_modules / "node_modules" / ".bin" / "sequelize-cli"),
             "db:migrate",
             "--url",
-            other_db,
+            other_db_url,
             "--migrations-path",
             str(folder),
         ],
@@ -177,7 +176,7 @@ def test_statement_without_its_transaction_completes_where_sequelize_cli_hangs(
     )
     try:
         wait_for(
-            lambda: any(b[2] == "Lock" for b in backends(other_db, "%")),
+            lambda: any(b[2] == "Lock" for b in backends(other_db_url, "%")),
             timeout=30,
             what="sequelize-cli's second connection waiting for the transaction's lock",
         )
@@ -185,7 +184,7 @@ def test_statement_without_its_transaction_completes_where_sequelize_cli_hangs(
     finally:
         cli.kill()
         cli.wait(timeout=30)
-    with psycopg.connect(other_db, autocommit=True) as reference:
+    with psycopg.connect(other_db_url, autocommit=True) as reference:
         assert meta_names(reference) == []
 
 
@@ -193,7 +192,7 @@ def test_failure_after_committed_and_nested_transactions_leaves_nothing(
     app_modules: Path,  # noqa: F811
     db_url: str,
     db: psycopg.Connection,
-    other_db: str,  # noqa: F811
+    other_db_url: str,
 ) -> None:
     folder = MODES / "atomic-failure"
     ours = run_cli("up", "--url", db_url, "--migrations-path", str(folder))
@@ -202,9 +201,9 @@ def test_failure_after_committed_and_nested_transactions_leaves_nothing(
     assert db.execute("SELECT to_regclass('shipments')").fetchone() == (None,)
     assert meta_names(db) == []
     # sequelize-cli, same folder: the committed transaction's rows and the column stay
-    theirs = sequelize_cli(app_modules, other_db, folder, "db:migrate")
+    theirs = sequelize_cli(app_modules, other_db_url, folder, "db:migrate")
     assert theirs.returncode == 1
-    with psycopg.connect(other_db, autocommit=True) as debris:
+    with psycopg.connect(other_db_url, autocommit=True) as debris:
         rows = debris.execute("SELECT label, weight FROM shipments ORDER BY id").fetchall()
         assert rows == [("committed", None), ("nested", None)]
         assert meta_names(debris) == []
